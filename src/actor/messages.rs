@@ -1,0 +1,232 @@
+//! What flows into a product actor, and what comes back.
+
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use crate::domain::{Item, ReservationStatus};
+use crate::wal::Lsn;
+
+/// Who asks, under which operation id, with which request fingerprint (for idempotency).
+#[derive(Clone, Debug)]
+pub struct OpCtx {
+    pub op_id: Uuid,
+    pub actor: String,
+    pub fingerprint: u32,
+}
+
+#[derive(Debug)]
+pub enum Answer {
+    /// Done; the reply may go out once this LSN is durable.
+    Durable(Lsn),
+    /// A tentative hold was taken.
+    Tentative,
+    /// The reservation had expired: take `sold[i]` of each item again, then finish.
+    Reacquire(Vec<u64>),
+}
+
+#[derive(Debug)]
+pub enum Refusal {
+    NotFound,
+    /// Not enough available here. The refusal shows state up to `depends_on`.
+    Stock {
+        available: u64,
+        depends_on: Lsn,
+    },
+    Conflict {
+        detail: String,
+        depends_on: Lsn,
+    },
+    PreconditionFailed {
+        depends_on: Lsn,
+    },
+    Invalid(String),
+    InvalidTransition {
+        status: ReservationStatus,
+        depends_on: Lsn,
+    },
+    ReservationExpired {
+        depends_on: Lsn,
+    },
+    /// Another completion of the same reservation is under way.
+    Busy,
+    Overloaded,
+    Unavailable,
+}
+
+pub type Reply = oneshot::Sender<Result<Answer, Refusal>>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TentativeKind {
+    /// Becomes a hold of the reservation named by the key.
+    Hold,
+    /// Becomes a sale (on_hand drops).
+    Sale,
+}
+
+/// How a hold ended, as the home actor decided and logged it.
+#[derive(Clone, Copy, Debug)]
+pub enum HoldOutcome {
+    Release,
+    Complete { sold: u64 },
+}
+
+#[derive(Debug)]
+pub struct PutMsg {
+    pub op: OpCtx,
+    pub name: Option<String>,
+    pub low_stock_threshold: Option<u64>,
+    pub on_hand: Option<u64>,
+    pub if_match: Option<u64>,
+    pub reply: Reply,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CountChange {
+    Restock,
+    Return,
+}
+
+#[derive(Debug)]
+pub struct AddMsg {
+    pub op: OpCtx,
+    pub change: CountChange,
+    pub quantity: u64,
+    pub reference: Option<String>,
+    pub note: Option<String>,
+    pub if_match: Option<u64>,
+    pub reply: Reply,
+}
+
+#[derive(Debug)]
+pub struct AdjustMsg {
+    pub op: OpCtx,
+    pub delta: i64,
+    pub reason: String,
+    pub reference: Option<String>,
+    pub note: Option<String>,
+    pub if_match: Option<u64>,
+    pub reply: Reply,
+}
+
+/// Final step of a new reservation or sale, at the home actor, after the other items' actors
+/// granted tentative holds: check the home item, log ONE record for the whole operation.
+#[derive(Debug)]
+pub struct FinishMsg {
+    pub op: OpCtx,
+    pub items: Vec<Item>,
+    pub kind: FinishKind,
+    pub reference: Option<String>,
+    pub reply: Reply,
+}
+
+#[derive(Debug)]
+pub enum FinishKind {
+    Reserve {
+        ttl_ms: u64,
+        session_id: Option<String>,
+        user_id: Option<String>,
+        metadata: Option<String>,
+    },
+    Sell,
+}
+
+#[derive(Debug)]
+pub struct TentativeMsg {
+    pub key: Uuid,
+    pub quantity: u64,
+    pub kind: TentativeKind,
+    pub reply: Reply,
+}
+
+#[derive(Debug)]
+pub struct CompleteMsg {
+    pub id: Uuid,
+    pub actor: String,
+    /// Partial completion: units to sell per SKU (validated against the hold here).
+    pub items: Option<Vec<Item>>,
+    pub reference: Option<String>,
+    pub reply: Reply,
+}
+
+#[derive(Debug)]
+pub struct CancelMsg {
+    pub id: Uuid,
+    pub actor: String,
+    pub note: Option<String>,
+    pub reply: Reply,
+}
+
+#[derive(Debug)]
+pub struct ExtendMsg {
+    pub id: Uuid,
+    pub actor: String,
+    pub ttl_ms: u64,
+    pub reply: Reply,
+}
+
+#[derive(Debug)]
+pub struct ReacquireMsg {
+    pub id: Uuid,
+    pub actor: String,
+    pub sold: Vec<u64>,
+    pub reference: Option<String>,
+    pub reply: Reply,
+}
+
+#[derive(Debug)]
+pub enum Msg {
+    Put(PutMsg),
+    Add(AddMsg),
+    Adjust(AdjustMsg),
+    Finish(FinishMsg),
+    Tentative(TentativeMsg),
+    /// The operation holding tentative `key` was logged at `lsn`: make it real.
+    Commit {
+        key: Uuid,
+        lsn: Lsn,
+    },
+    /// The operation holding tentative `key` was not logged: drop it.
+    Abort {
+        key: Uuid,
+    },
+    Complete(CompleteMsg),
+    Cancel(CancelMsg),
+    Extend(ExtendMsg),
+    ReacquireFinish(ReacquireMsg),
+    ReacquireAbort {
+        id: Uuid,
+    },
+    /// The home actor ended reservation `reservation_id` at `lsn`: apply it to this item.
+    Outcome {
+        reservation_id: Uuid,
+        outcome: HoldOutcome,
+        lsn: Lsn,
+    },
+    /// Release every hold whose time has passed (start-up), answer with the last LSN.
+    ExpireOverdue {
+        reply: Reply,
+    },
+}
+
+impl Msg {
+    /// Answers the message's caller with a refusal (overload while parked, shutdown).
+    pub fn refuse(self, refusal: Refusal) {
+        let reply = match self {
+            Msg::Put(m) => m.reply,
+            Msg::Add(m) => m.reply,
+            Msg::Adjust(m) => m.reply,
+            Msg::Finish(m) => m.reply,
+            Msg::Tentative(m) => m.reply,
+            Msg::Complete(m) => m.reply,
+            Msg::Cancel(m) => m.reply,
+            Msg::Extend(m) => m.reply,
+            Msg::ReacquireFinish(m) => m.reply,
+            Msg::ExpireOverdue { reply } => reply,
+            Msg::Commit { .. }
+            | Msg::Abort { .. }
+            | Msg::ReacquireAbort { .. }
+            | Msg::Outcome { .. } => return,
+        };
+        let _ = reply.send(Err(refusal));
+    }
+}

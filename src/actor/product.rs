@@ -1,0 +1,865 @@
+//! The product actor: live counts of one SKU, its holds, and the reservations it is home for.
+//!
+//! Available here = on_hand - reserved - tentative. Tentative units are promised to a
+//! multi-item operation still being admitted at other actors; a request refused only because
+//! of them is parked until they settle (a refusal must not depend on something that may never
+//! become durable). Expiry: one deadline heap, one sleep armed for the earliest deadline.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use super::messages::*;
+use super::{Shared, SYSTEM_ACTOR};
+use crate::domain::limits::ON_HAND_MAX;
+use crate::domain::reservation::{
+    decide_cancel, decide_complete, may_expire, CancelDecision, CompleteDecision,
+};
+use crate::domain::{Item, ReleaseReason, ReservationStatus, Sku};
+use crate::wal::{AppendError, Event, Lsn, Record};
+
+/// A reservation whose status and timer this actor owns (its smallest SKU is ours).
+#[derive(Debug)]
+pub struct Home {
+    pub items: Vec<Item>,
+    pub status: ReservationStatus,
+    pub deadline: Instant,
+    /// LSN of the record that ended it, so repeats answer only once that is durable.
+    pub end_lsn: Lsn,
+    /// An expired reservation being re-acquired by a completion.
+    pub busy: bool,
+}
+
+#[derive(Debug)]
+struct Tentative {
+    quantity: u64,
+    kind: TentativeKind,
+    /// The hold ended (home decided) before our commit arrived: apply right after it.
+    pending: Option<(HoldOutcome, Lsn)>,
+}
+
+/// State to start an actor with (from the ledger at start, or empty for a new SKU).
+#[derive(Debug, Default)]
+pub struct Seed {
+    pub exists: bool,
+    pub on_hand: u64,
+    pub reserved: u64,
+    pub version: u64,
+    pub holds: HashMap<Uuid, u64>,
+    pub homes: HashMap<Uuid, Home>,
+}
+
+pub struct ProductActor {
+    sku: Sku,
+    exists: bool,
+    on_hand: u64,
+    reserved: u64,
+    version: u64,
+    holds: HashMap<Uuid, u64>,
+    tentatives: HashMap<Uuid, Tentative>,
+    tentative_total: u64,
+    homes: HashMap<Uuid, Home>,
+    deadlines: BinaryHeap<Reverse<(Instant, Uuid)>>,
+    deferred: VecDeque<Msg>,
+    /// LSN of the newest record that changed this product's counts.
+    last_lsn: Lsn,
+    shared: Arc<Shared>,
+}
+
+enum Check {
+    Ok,
+    /// Would fit once tentative holds settle.
+    Defer,
+    Refuse {
+        available: u64,
+    },
+    NotFound,
+}
+
+/// Starts the actor task and returns its mailbox.
+pub fn spawn(
+    sku: Sku,
+    seed: Seed,
+    shared: Arc<Shared>,
+    mailbox_capacity: usize,
+) -> mpsc::Sender<Msg> {
+    let (tx, rx) = mpsc::channel(mailbox_capacity);
+    let deadlines = seed
+        .homes
+        .iter()
+        .filter(|(_, h)| h.status == ReservationStatus::Active)
+        .map(|(id, h)| Reverse((h.deadline, *id)))
+        .collect();
+    let actor = ProductActor {
+        sku,
+        exists: seed.exists,
+        on_hand: seed.on_hand,
+        reserved: seed.reserved,
+        version: seed.version,
+        holds: seed.holds,
+        tentatives: HashMap::new(),
+        tentative_total: 0,
+        homes: seed.homes,
+        deadlines,
+        deferred: VecDeque::new(),
+        last_lsn: 0,
+        shared,
+    };
+    actor.check_invariants();
+    tokio::spawn(actor.run(rx));
+    tx
+}
+
+impl ProductActor {
+    async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+        let sleep = tokio::time::sleep(Duration::from_secs(3600));
+        tokio::pin!(sleep);
+        let mut armed: Option<Instant> = None;
+        loop {
+            let next = self.deadlines.peek().map(|Reverse((d, _))| *d);
+            if next != armed {
+                if let Some(d) = next {
+                    sleep.as_mut().reset(d);
+                }
+                armed = next;
+            }
+            tokio::select! {
+                biased;
+                msg = rx.recv() => match msg {
+                    Some(msg) => self.handle(msg),
+                    None => break,
+                },
+                _ = &mut sleep, if armed.is_some() => {
+                    self.expire_due();
+                    armed = None;
+                }
+            }
+        }
+    }
+
+    fn available(&self) -> u64 {
+        self.on_hand - self.reserved - self.tentative_total
+    }
+
+    fn check(&self, quantity: u64) -> Check {
+        if !self.exists {
+            Check::NotFound
+        } else if quantity <= self.available() {
+            Check::Ok
+        } else if quantity <= self.available() + self.tentative_total {
+            Check::Defer
+        } else {
+            Check::Refuse {
+                available: self.available(),
+            }
+        }
+    }
+
+    fn check_invariants(&self) {
+        assert!(
+            self.reserved + self.tentative_total <= self.on_hand && self.on_hand <= ON_HAND_MAX,
+            "{}: reserved {} + tentative {} > on_hand {}",
+            self.sku,
+            self.reserved,
+            self.tentative_total,
+            self.on_hand
+        );
+        debug_assert_eq!(
+            self.holds.values().sum::<u64>(),
+            self.reserved,
+            "{}: holds != reserved",
+            self.sku
+        );
+        debug_assert_eq!(
+            self.tentatives.values().map(|t| t.quantity).sum::<u64>(),
+            self.tentative_total
+        );
+    }
+
+    fn append(&mut self, op_id: Uuid, actor: String, event: Event) -> Result<Lsn, Refusal> {
+        let record = Record {
+            at_ms: self.shared.clock.now_ms(),
+            actor,
+            op_id,
+            event,
+        };
+        match self.shared.log.append(record) {
+            Ok(lsn) => {
+                self.last_lsn = lsn;
+                Ok(lsn)
+            }
+            Err(AppendError::Overloaded) => Err(Refusal::Overloaded),
+            Err(AppendError::Unavailable) => Err(Refusal::Unavailable),
+        }
+    }
+
+    fn defer(&mut self, msg: Msg) {
+        if self.deferred.len() >= self.shared.deferred_capacity {
+            msg.refuse(Refusal::Overloaded);
+        } else {
+            self.deferred.push_back(msg);
+        }
+    }
+
+    fn run_deferred(&mut self) {
+        let parked = std::mem::take(&mut self.deferred);
+        for msg in parked {
+            self.handle(msg);
+        }
+    }
+
+    fn if_match_fails(&self, if_match: Option<u64>) -> bool {
+        if_match.is_some_and(|v| !self.exists || v != self.version)
+    }
+
+    fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Put(m) => self.put(m),
+            Msg::Add(m) => self.add(m),
+            Msg::Adjust(m) => self.adjust(m),
+            Msg::Finish(m) => self.finish(m),
+            Msg::Tentative(m) => self.tentative(m),
+            Msg::Commit { key, lsn } => self.commit(key, lsn),
+            Msg::Abort { key } => self.abort(key),
+            Msg::Complete(m) => self.complete(m),
+            Msg::Cancel(m) => self.cancel(m),
+            Msg::Extend(m) => self.extend(m),
+            Msg::ReacquireFinish(m) => self.reacquire_finish(m),
+            Msg::ReacquireAbort { id } => {
+                if let Some(h) = self.homes.get_mut(&id) {
+                    h.busy = false;
+                }
+            }
+            Msg::Outcome {
+                reservation_id,
+                outcome,
+                lsn,
+            } => self.outcome(reservation_id, outcome, lsn),
+            Msg::ExpireOverdue { reply } => {
+                self.expire_due();
+                let _ = reply.send(Ok(Answer::Durable(self.last_lsn)));
+            }
+        }
+        self.check_invariants();
+    }
+
+    fn put(&mut self, m: PutMsg) {
+        if self.if_match_fails(m.if_match) {
+            let _ = m.reply.send(Err(Refusal::PreconditionFailed {
+                depends_on: self.last_lsn,
+            }));
+            return;
+        }
+        let created = !self.exists;
+        let new_on_hand = m.on_hand.unwrap_or(if created { 0 } else { self.on_hand });
+        if !created && new_on_hand < self.on_hand {
+            match self.check(self.on_hand - new_on_hand) {
+                Check::Ok => {}
+                Check::Defer => return self.defer(Msg::Put(m)),
+                Check::Refuse { .. } | Check::NotFound => {
+                    let _ = m.reply.send(Err(Refusal::Conflict {
+                        detail: format!(
+                            "on_hand {new_on_hand} would be below the {} units reserved",
+                            self.reserved
+                        ),
+                        depends_on: self.last_lsn,
+                    }));
+                    return;
+                }
+            }
+        }
+        let event = Event::ProductPut {
+            sku: self.sku.clone(),
+            created,
+            name: m.name,
+            low_stock_threshold: m.low_stock_threshold,
+            on_hand: m.on_hand,
+            fingerprint: m.op.fingerprint,
+        };
+        let result = self.append(m.op.op_id, m.op.actor, event).map(|lsn| {
+            self.exists = true;
+            self.on_hand = new_on_hand;
+            self.version += 1;
+            Answer::Durable(lsn)
+        });
+        let _ = m.reply.send(result);
+    }
+
+    fn add(&mut self, m: AddMsg) {
+        if !self.exists {
+            let _ = m.reply.send(Err(Refusal::NotFound));
+            return;
+        }
+        if self.if_match_fails(m.if_match) {
+            let _ = m.reply.send(Err(Refusal::PreconditionFailed {
+                depends_on: self.last_lsn,
+            }));
+            return;
+        }
+        let Some(new_on_hand) = self
+            .on_hand
+            .checked_add(m.quantity)
+            .filter(|v| *v <= ON_HAND_MAX)
+        else {
+            let _ = m.reply.send(Err(Refusal::Conflict {
+                detail: format!("on_hand would exceed {ON_HAND_MAX}"),
+                depends_on: self.last_lsn,
+            }));
+            return;
+        };
+        let sku = self.sku.clone();
+        let event = match m.change {
+            CountChange::Restock => Event::Restocked {
+                sku,
+                quantity: m.quantity,
+                reference: m.reference,
+                note: m.note,
+                fingerprint: m.op.fingerprint,
+            },
+            CountChange::Return => Event::Returned {
+                sku,
+                quantity: m.quantity,
+                reference: m.reference,
+                note: m.note,
+                fingerprint: m.op.fingerprint,
+            },
+        };
+        let result = self.append(m.op.op_id, m.op.actor, event).map(|lsn| {
+            self.on_hand = new_on_hand;
+            self.version += 1;
+            Answer::Durable(lsn)
+        });
+        let _ = m.reply.send(result);
+    }
+
+    fn adjust(&mut self, m: AdjustMsg) {
+        if !self.exists {
+            let _ = m.reply.send(Err(Refusal::NotFound));
+            return;
+        }
+        if self.if_match_fails(m.if_match) {
+            let _ = m.reply.send(Err(Refusal::PreconditionFailed {
+                depends_on: self.last_lsn,
+            }));
+            return;
+        }
+        let magnitude = m.delta.unsigned_abs();
+        let new_on_hand = if m.delta > 0 {
+            match self
+                .on_hand
+                .checked_add(magnitude)
+                .filter(|v| *v <= ON_HAND_MAX)
+            {
+                Some(v) => v,
+                None => {
+                    let _ = m.reply.send(Err(Refusal::Conflict {
+                        detail: format!("on_hand would exceed {ON_HAND_MAX}"),
+                        depends_on: self.last_lsn,
+                    }));
+                    return;
+                }
+            }
+        } else {
+            match self.check(magnitude) {
+                Check::Ok => self.on_hand - magnitude,
+                Check::Defer => return self.defer(Msg::Adjust(m)),
+                Check::Refuse { .. } | Check::NotFound => {
+                    let _ = m.reply.send(Err(Refusal::Conflict {
+                        detail: format!(
+                            "on_hand {} {} would drop below the {} units reserved or below 0",
+                            self.on_hand, m.delta, self.reserved
+                        ),
+                        depends_on: self.last_lsn,
+                    }));
+                    return;
+                }
+            }
+        };
+        let event = Event::Adjusted {
+            sku: self.sku.clone(),
+            delta: m.delta,
+            reason: m.reason,
+            reference: m.reference,
+            note: m.note,
+            fingerprint: m.op.fingerprint,
+        };
+        let result = self.append(m.op.op_id, m.op.actor, event).map(|lsn| {
+            self.on_hand = new_on_hand;
+            self.version += 1;
+            Answer::Durable(lsn)
+        });
+        let _ = m.reply.send(result);
+    }
+
+    fn own_quantity(&self, items: &[Item]) -> u64 {
+        items
+            .iter()
+            .find(|i| i.sku == self.sku)
+            .map(|i| i.quantity)
+            .expect("the home actor's SKU is among the items")
+    }
+
+    fn finish(&mut self, m: FinishMsg) {
+        let own = self.own_quantity(&m.items);
+        match self.check(own) {
+            Check::Ok => {}
+            Check::Defer => return self.defer(Msg::Finish(m)),
+            Check::NotFound => {
+                let _ = m.reply.send(Err(Refusal::NotFound));
+                return;
+            }
+            Check::Refuse { available } => {
+                let _ = m.reply.send(Err(Refusal::Stock {
+                    available,
+                    depends_on: self.last_lsn,
+                }));
+                return;
+            }
+        }
+        let id = m.op.op_id;
+        match m.kind {
+            FinishKind::Sell => {
+                let event = Event::Sold {
+                    items: m.items,
+                    reference: m.reference,
+                    fingerprint: m.op.fingerprint,
+                };
+                let result = self.append(id, m.op.actor, event).map(|lsn| {
+                    self.on_hand -= own;
+                    self.version += 1;
+                    Answer::Durable(lsn)
+                });
+                let _ = m.reply.send(result);
+            }
+            FinishKind::Reserve {
+                ttl_ms,
+                session_id,
+                user_id,
+                metadata,
+            } => {
+                let now_ms = self.shared.clock.now_ms();
+                let deadline = self.shared.clock.now() + Duration::from_millis(ttl_ms);
+                let event = Event::Reserved {
+                    items: m.items.clone(),
+                    expires_at_ms: now_ms + ttl_ms as i64,
+                    session_id,
+                    user_id,
+                    reference: m.reference,
+                    metadata,
+                    fingerprint: m.op.fingerprint,
+                };
+                let result = self.append(id, m.op.actor, event).map(|lsn| {
+                    self.reserved += own;
+                    self.holds.insert(id, own);
+                    self.version += 1;
+                    self.homes.insert(
+                        id,
+                        Home {
+                            items: m.items,
+                            status: ReservationStatus::Active,
+                            deadline,
+                            end_lsn: 0,
+                            busy: false,
+                        },
+                    );
+                    self.deadlines.push(Reverse((deadline, id)));
+                    Answer::Durable(lsn)
+                });
+                let _ = m.reply.send(result);
+            }
+        }
+    }
+
+    fn tentative(&mut self, m: TentativeMsg) {
+        match self.check(m.quantity) {
+            Check::Ok => {
+                self.tentative_total += m.quantity;
+                let previous = self.tentatives.insert(
+                    m.key,
+                    Tentative {
+                        quantity: m.quantity,
+                        kind: m.kind,
+                        pending: None,
+                    },
+                );
+                assert!(previous.is_none(), "tentative key {} used twice", m.key);
+                let _ = m.reply.send(Ok(Answer::Tentative));
+            }
+            Check::Defer => self.defer(Msg::Tentative(m)),
+            Check::NotFound => {
+                let _ = m.reply.send(Err(Refusal::NotFound));
+            }
+            Check::Refuse { available } => {
+                let _ = m.reply.send(Err(Refusal::Stock {
+                    available,
+                    depends_on: self.last_lsn,
+                }));
+            }
+        }
+    }
+
+    fn commit(&mut self, key: Uuid, lsn: Lsn) {
+        let t = self
+            .tentatives
+            .remove(&key)
+            .unwrap_or_else(|| panic!("{}: commit of unknown tentative {key}", self.sku));
+        self.tentative_total -= t.quantity;
+        match t.kind {
+            TentativeKind::Hold => {
+                self.reserved += t.quantity;
+                self.holds.insert(key, t.quantity);
+            }
+            TentativeKind::Sale => self.on_hand -= t.quantity,
+        }
+        self.version += 1;
+        self.last_lsn = self.last_lsn.max(lsn);
+        if let Some((outcome, end_lsn)) = t.pending {
+            self.outcome(key, outcome, end_lsn);
+        }
+        self.run_deferred();
+    }
+
+    fn abort(&mut self, key: Uuid) {
+        if let Some(t) = self.tentatives.remove(&key) {
+            self.tentative_total -= t.quantity;
+        }
+        self.run_deferred();
+    }
+
+    /// Applies the end of a hold that another actor (the home) decided and logged.
+    fn outcome(&mut self, id: Uuid, outcome: HoldOutcome, lsn: Lsn) {
+        let Some(held) = self.holds.remove(&id) else {
+            let t = self
+                .tentatives
+                .get_mut(&id)
+                .filter(|t| t.kind == TentativeKind::Hold)
+                .unwrap_or_else(|| panic!("outcome for reservation {id} that holds nothing here"));
+            t.pending = Some((outcome, lsn));
+            return;
+        };
+        self.release_own(held, outcome);
+        self.last_lsn = self.last_lsn.max(lsn);
+    }
+
+    fn release_own(&mut self, held: u64, outcome: HoldOutcome) {
+        self.reserved -= held;
+        if let HoldOutcome::Complete { sold } = outcome {
+            assert!(
+                sold <= held,
+                "{}: sold {sold} of a hold of {held}",
+                self.sku
+            );
+            self.on_hand -= sold;
+        }
+        self.version += 1;
+    }
+
+    /// Tells the other items' actors how a reservation ended. Must arrive: sent with
+    /// back-pressure from a task of its own, never dropped.
+    fn fan_out(
+        &self,
+        id: Uuid,
+        items: &[Item],
+        lsn: Lsn,
+        outcome_of: impl Fn(usize) -> HoldOutcome,
+    ) {
+        let mut targets = Vec::new();
+        for (index, item) in items.iter().enumerate() {
+            if item.sku == self.sku {
+                continue;
+            }
+            let tx = self
+                .shared
+                .registry
+                .get(item.sku.as_str())
+                .unwrap_or_else(|| {
+                    panic!("reservation {id} holds {} which has no actor", item.sku)
+                });
+            targets.push((
+                tx,
+                Msg::Outcome {
+                    reservation_id: id,
+                    outcome: outcome_of(index),
+                    lsn,
+                },
+            ));
+        }
+        if !targets.is_empty() {
+            tokio::spawn(async move {
+                for (tx, msg) in targets {
+                    let _ = tx.send(msg).await;
+                }
+            });
+        }
+    }
+
+    fn complete(&mut self, m: CompleteMsg) {
+        let Some(home) = self.homes.get(&m.id) else {
+            let _ = m.reply.send(Err(Refusal::NotFound));
+            return;
+        };
+        if home.busy {
+            let _ = m.reply.send(Err(Refusal::Busy));
+            return;
+        }
+        let sold = match sold_quantities(&home.items, m.items.as_deref()) {
+            Ok(sold) => sold,
+            Err(detail) => {
+                let _ = m.reply.send(Err(Refusal::Invalid(detail)));
+                return;
+            }
+        };
+        match decide_complete(home.status) {
+            CompleteDecision::AlreadyCompleted => {
+                let _ = m.reply.send(Ok(Answer::Durable(home.end_lsn)));
+            }
+            CompleteDecision::Refuse => {
+                let _ = m.reply.send(Err(Refusal::InvalidTransition {
+                    status: home.status,
+                    depends_on: home.end_lsn,
+                }));
+            }
+            CompleteDecision::Reacquire => {
+                let home = self.homes.get_mut(&m.id).expect("looked up above");
+                home.busy = true;
+                let _ = m.reply.send(Ok(Answer::Reacquire(sold)));
+            }
+            CompleteDecision::Complete => {
+                let items = home.items.clone();
+                let event = Event::Completed {
+                    reservation_id: m.id,
+                    sold: sold.clone(),
+                    reacquired: false,
+                    reference: m.reference,
+                };
+                let lsn = match self.append(m.id, m.actor, event) {
+                    Ok(lsn) => lsn,
+                    Err(refusal) => {
+                        let _ = m.reply.send(Err(refusal));
+                        return;
+                    }
+                };
+                let own_index = items
+                    .iter()
+                    .position(|i| i.sku == self.sku)
+                    .expect("home item");
+                let held = self
+                    .holds
+                    .remove(&m.id)
+                    .expect("an active reservation holds its home item");
+                self.release_own(
+                    held,
+                    HoldOutcome::Complete {
+                        sold: sold[own_index],
+                    },
+                );
+                self.end(m.id, ReservationStatus::Completed, lsn);
+                self.fan_out(m.id, &items, lsn, |i| HoldOutcome::Complete {
+                    sold: sold[i],
+                });
+                let _ = m.reply.send(Ok(Answer::Durable(lsn)));
+            }
+        }
+    }
+
+    fn end(&mut self, id: Uuid, status: ReservationStatus, lsn: Lsn) {
+        let home = self.homes.get_mut(&id).expect("home reservation");
+        home.status = status;
+        home.end_lsn = lsn;
+        home.busy = false;
+    }
+
+    /// Ends an active reservation this actor is home for, releasing every hold.
+    fn release(
+        &mut self,
+        id: Uuid,
+        actor: String,
+        reason: ReleaseReason,
+        note: Option<String>,
+    ) -> Result<Lsn, Refusal> {
+        let event = Event::Released {
+            reservation_id: id,
+            reason,
+            note,
+        };
+        let lsn = self.append(id, actor, event)?;
+        let held = self
+            .holds
+            .remove(&id)
+            .expect("an active reservation holds its home item");
+        self.release_own(held, HoldOutcome::Release);
+        let status = match reason {
+            ReleaseReason::Expired => ReservationStatus::Expired,
+            ReleaseReason::Cancelled | ReleaseReason::Aborted => ReservationStatus::Cancelled,
+        };
+        self.end(id, status, lsn);
+        let items = self.homes[&id].items.clone();
+        self.fan_out(id, &items, lsn, |_| HoldOutcome::Release);
+        Ok(lsn)
+    }
+
+    fn cancel(&mut self, m: CancelMsg) {
+        let Some(home) = self.homes.get(&m.id) else {
+            let _ = m.reply.send(Err(Refusal::NotFound));
+            return;
+        };
+        if home.busy {
+            let _ = m.reply.send(Err(Refusal::Busy));
+            return;
+        }
+        let result = match decide_cancel(home.status) {
+            CancelDecision::AlreadyEnded => Ok(Answer::Durable(home.end_lsn)),
+            CancelDecision::Refuse => Err(Refusal::InvalidTransition {
+                status: home.status,
+                depends_on: home.end_lsn,
+            }),
+            CancelDecision::Cancel => self
+                .release(m.id, m.actor, ReleaseReason::Cancelled, m.note)
+                .map(Answer::Durable),
+        };
+        let _ = m.reply.send(result);
+    }
+
+    fn extend(&mut self, m: ExtendMsg) {
+        let Some(home) = self.homes.get_mut(&m.id) else {
+            let _ = m.reply.send(Err(Refusal::NotFound));
+            return;
+        };
+        let refusal = match home.status {
+            ReservationStatus::Active => None,
+            ReservationStatus::Expired => Some(Refusal::ReservationExpired {
+                depends_on: home.end_lsn,
+            }),
+            status => Some(Refusal::InvalidTransition {
+                status,
+                depends_on: home.end_lsn,
+            }),
+        };
+        if let Some(refusal) = refusal {
+            let _ = m.reply.send(Err(refusal));
+            return;
+        }
+        let deadline = self.shared.clock.now() + Duration::from_millis(m.ttl_ms);
+        let event = Event::Extended {
+            reservation_id: m.id,
+            expires_at_ms: self.shared.clock.now_ms() + m.ttl_ms as i64,
+        };
+        let result = self.append(m.id, m.actor, event).map(|lsn| {
+            let home = self.homes.get_mut(&m.id).expect("looked up above");
+            home.deadline = deadline;
+            self.deadlines.push(Reverse((deadline, m.id)));
+            Answer::Durable(lsn)
+        });
+        let _ = m.reply.send(result);
+    }
+
+    fn reacquire_finish(&mut self, m: ReacquireMsg) {
+        let home = self
+            .homes
+            .get(&m.id)
+            .expect("reacquire of a reservation homed here");
+        assert!(home.busy && home.status == ReservationStatus::Expired);
+        let own_index = home
+            .items
+            .iter()
+            .position(|i| i.sku == self.sku)
+            .expect("home item");
+        let own = m.sold[own_index];
+        match self.check(own) {
+            Check::Ok => {}
+            Check::Defer => return self.defer(Msg::ReacquireFinish(m)),
+            Check::Refuse { available } => {
+                self.homes.get_mut(&m.id).expect("home").busy = false;
+                let _ = m.reply.send(Err(Refusal::Stock {
+                    available,
+                    depends_on: self.last_lsn,
+                }));
+                return;
+            }
+            Check::NotFound => unreachable!("a home actor's product exists"),
+        }
+        let event = Event::Completed {
+            reservation_id: m.id,
+            sold: m.sold,
+            reacquired: true,
+            reference: m.reference,
+        };
+        match self.append(m.id, m.actor, event) {
+            Ok(lsn) => {
+                self.on_hand -= own;
+                self.version += 1;
+                self.end(m.id, ReservationStatus::Completed, lsn);
+                let _ = m.reply.send(Ok(Answer::Durable(lsn)));
+            }
+            Err(refusal) => {
+                self.homes.get_mut(&m.id).expect("home").busy = false;
+                let _ = m.reply.send(Err(refusal));
+            }
+        }
+    }
+
+    /// Releases every active hold homed here whose deadline has passed.
+    fn expire_due(&mut self) {
+        let now = self.shared.clock.now();
+        while let Some(Reverse((deadline, id))) = self.deadlines.peek().copied() {
+            if deadline > now {
+                break;
+            }
+            self.deadlines.pop();
+            let Some(home) = self.homes.get(&id) else {
+                continue;
+            };
+            // Stale entries (extended, ended) are skipped: lazy deletion keeps the heap simple.
+            if !may_expire(home.status) || home.deadline != deadline {
+                continue;
+            }
+            match self.release(id, SYSTEM_ACTOR.to_string(), ReleaseReason::Expired, None) {
+                Ok(_) => {}
+                Err(Refusal::Overloaded) => {
+                    // The log queue is full: try again shortly rather than drop the expiry.
+                    let retry = now + Duration::from_millis(10);
+                    self.homes.get_mut(&id).expect("home").deadline = retry;
+                    self.deadlines.push(Reverse((retry, id)));
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        // Bound the heap: drop stale entries when they outnumber live ones.
+        if self.deadlines.len() > 64 && self.deadlines.len() > 2 * self.homes.len() {
+            let homes = &self.homes;
+            self.deadlines.retain(|Reverse((d, id))| {
+                homes
+                    .get(id)
+                    .is_some_and(|h| may_expire(h.status) && h.deadline == *d)
+            });
+        }
+    }
+}
+
+/// Units to sell per item of a reservation: all of each hold, or (partial completion) the
+/// listed quantities, each at most what is held, unlisted items none.
+pub fn sold_quantities(items: &[Item], requested: Option<&[Item]>) -> Result<Vec<u64>, String> {
+    let Some(requested) = requested else {
+        return Ok(items.iter().map(|i| i.quantity).collect());
+    };
+    let mut sold = vec![0u64; items.len()];
+    for r in requested {
+        let Some(index) = items.iter().position(|i| i.sku == r.sku) else {
+            return Err(format!("{} is not part of this reservation", r.sku));
+        };
+        if r.quantity > items[index].quantity {
+            return Err(format!(
+                "{}: cannot complete {} units of a hold of {}",
+                r.sku, r.quantity, items[index].quantity
+            ));
+        }
+        sold[index] = r.quantity;
+    }
+    Ok(sold)
+}

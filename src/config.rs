@@ -1,0 +1,55 @@
+//! Configuration: every capacity is explicit, with units in the name. Defaults are embedded so
+//! `stockd` runs with no arguments; each can be set by flag or `STOCKD_*` environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct EngineConfig {
+    /// Directory of the log segments.
+    #[arg(long, env = "STOCKD_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// A log segment is closed and the next one started at this size.
+    #[arg(long, env = "STOCKD_SEGMENT_SIZE_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub segment_size_bytes: u64,
+    /// Records that may wait for the log writer; beyond it writes answer 503.
+    #[arg(long, env = "STOCKD_LOG_CHANNEL_CAPACITY", default_value_t = 65_536)]
+    pub log_channel_capacity: usize,
+    /// Upper bound of one group-commit batch (one write, one fdatasync).
+    #[arg(long, env = "STOCKD_LOG_BATCH_MAX_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub log_batch_max_bytes: usize,
+    /// Messages a product actor's mailbox holds; a full mailbox answers 503 overloaded.
+    #[arg(long, env = "STOCKD_MAILBOX_CAPACITY", default_value_t = 4096)]
+    pub mailbox_capacity: usize,
+    /// Requests one actor may park while multi-item operations settle.
+    #[arg(long, env = "STOCKD_DEFERRED_CAPACITY", default_value_t = 4096)]
+    pub deferred_capacity: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            data_dir: PathBuf::from("data"),
+            segment_size_bytes: 64 * 1024 * 1024,
+            log_channel_capacity: 65_536,
+            log_batch_max_bytes: 4 * 1024 * 1024,
+            mailbox_capacity: 4096,
+            deferred_capacity: 4096,
+        }
+    }
+}
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct ServerConfig {
+    /// Address to listen on. Without tokens configured only loopback addresses are allowed.
+    #[arg(long, env = "STOCKD_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Requests being served at once; beyond it the server answers 503 with Retry-After.
+    #[arg(long, env = "STOCKD_MAX_CONCURRENT_REQUESTS", default_value_t = 8192)]
+    pub max_concurrent_requests: usize,
+    /// A request not answered within this time gets 503.
+    #[arg(long, env = "STOCKD_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
+    pub request_timeout_ms: u64,
+    #[command(flatten)]
+    pub engine: EngineConfig,
+}

@@ -1,0 +1,31 @@
+//! Every bound the server enforces, in one place, with units in the names (TIGER_STYLE).
+//! The HTTP layer refuses anything outside these with a 400 before any state is touched.
+
+/// SKU length: 1 ..= 64 bytes of `A-Z a-z 0-9 . _ -`.
+pub const SKU_MAX_BYTES: usize = 64;
+/// A single quantity in a request: 1 ..= 10^9.
+pub const QUANTITY_MAX: u64 = 1_000_000_000;
+/// `on_hand` of one product never leaves 0 ..= 10^12.
+pub const ON_HAND_MAX: u64 = 1_000_000_000_000;
+/// Items in one reservation or sale (each SKU at most once).
+pub const ITEMS_PER_OPERATION_MAX: usize = 100;
+/// Reservation time-to-live bounds and default.
+pub const TTL_SECONDS_MIN: u64 = 1;
+pub const TTL_SECONDS_MAX: u64 = 86_400;
+pub const TTL_SECONDS_DEFAULT: u64 = 900;
+/// Request bodies above this are refused with 413.
+pub const REQUEST_BODY_MAX_BYTES: usize = 64 * 1024;
+/// Free-text fields (name, reference, note, reason, session_id, user_id).
+pub const TEXT_MAX_BYTES: usize = 1024;
+/// Client metadata attached to a reservation, as serialized JSON.
+pub const METADATA_MAX_BYTES: usize = 4096;
+/// Low-stock threshold default and bound.
+pub const LOW_STOCK_THRESHOLD_DEFAULT: u64 = 10;
+/// Page sizes for list endpoints.
+pub const PAGE_LIMIT_MAX: usize = 1000;
+pub const PRODUCTS_PAGE_LIMIT_DEFAULT: usize = 100;
+pub const HISTORY_PAGE_LIMIT_DEFAULT: usize = 50;
+/// A single encoded record never exceeds this (checked when writing and when reading).
+pub const RECORD_MAX_BYTES: usize = 1 << 20;
+/// Non-reservation operation ids are remembered at least this long for idempotency.
+pub const OPERATION_ID_RETENTION_MS: i64 = 24 * 3600 * 1000;

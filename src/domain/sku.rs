@@ -1,0 +1,93 @@
+//! SKU: the product key. Validated once at the edge; cheap to clone (shared string)
+//! because every message, record and history entry carries one.
+
+use std::fmt;
+use std::sync::Arc;
+
+use super::limits::SKU_MAX_BYTES;
+
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Sku(Arc<str>);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SkuError {
+    #[error("sku must not be empty")]
+    Empty,
+    #[error("sku is longer than {SKU_MAX_BYTES} characters")]
+    TooLong,
+    #[error("sku may only contain A-Z a-z 0-9 . _ -")]
+    BadCharacter,
+}
+
+impl Sku {
+    pub fn parse(text: &str) -> Result<Sku, SkuError> {
+        if text.is_empty() {
+            return Err(SkuError::Empty);
+        }
+        if text.len() > SKU_MAX_BYTES {
+            return Err(SkuError::TooLong);
+        }
+        let ok = text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+        if !ok {
+            return Err(SkuError::BadCharacter);
+        }
+        Ok(Sku(Arc::from(text)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Sku {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for Sku {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::borrow::Borrow<str> for Sku {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl serde::Serialize for Sku {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Sku {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Sku, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Sku::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_the_documented_alphabet() {
+        assert!(Sku::parse("AB-12_x.9").is_ok());
+        assert!(Sku::parse(&"a".repeat(64)).is_ok());
+    }
+
+    #[test]
+    fn rejects_empty_long_and_odd_characters() {
+        assert_eq!(Sku::parse(""), Err(SkuError::Empty));
+        assert_eq!(Sku::parse(&"a".repeat(65)), Err(SkuError::TooLong));
+        for bad in ["a b", "a/b", "é", "a\n", "a%20"] {
+            assert_eq!(Sku::parse(bad), Err(SkuError::BadCharacter), "{bad:?}");
+        }
+    }
+}

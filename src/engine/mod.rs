@@ -1,0 +1,1037 @@
+//! The engine: stockd without HTTP. It validates a request, claims its operation id, asks
+//! the product actors, waits until the resulting record is durable, and answers from the
+//! ledger (durable state). Benches and tests drive it directly; the HTTP layer is a thin
+//! mapping onto it.
+//!
+//! Multi-item operations: the actors of all items but the home one (the smallest SKU) are
+//! asked for tentative holds in SKU order; then the home actor checks its own item and logs
+//! ONE record for the whole operation; then the tentative holds are committed (or, on any
+//! refusal, aborted and nothing is logged). Each step that must not be lost runs in a task of
+//! its own, so a client hanging up midway cannot leave a tentative hold behind.
+
+pub mod requests;
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use parking_lot::RwLock;
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::actor::messages::*;
+use crate::actor::product::{self, Home, Seed};
+use crate::actor::{Registry, Shared};
+use crate::clock::Clock;
+use crate::config::EngineConfig;
+use crate::domain::{Item, ReservationStatus, Sku, StockStatus};
+use crate::ledger::{
+    home_of, Action, HistoryView, ItemReport, Ledger, ProductView, ReservationView, SaleView,
+};
+use crate::wal::replay::{self, Mode, ReplayOutcome};
+use crate::wal::{writer::FatalHook, Log, LogConfig, Lsn, WalError};
+use requests::fingerprint;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EngineError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("not enough stock for every item")]
+    InsufficientStock(Vec<ItemReport>),
+    #[error("{0}")]
+    ReservationExpired(String),
+    #[error("{0}")]
+    InvalidTransition(String),
+    #[error("this operation id was already used with a different request")]
+    IdReused,
+    #[error("{0}")]
+    PreconditionFailed(String),
+    #[error("the server is overloaded; retry shortly")]
+    Overloaded,
+    #[error("the log cannot be written; the server is stopping")]
+    Unavailable,
+}
+
+/// An answer to a product operation: the product right after it, and whether it created it.
+#[derive(Debug, Clone)]
+pub struct ProductAnswer {
+    pub created: bool,
+    pub product: ProductView,
+}
+
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    ledger: Arc<RwLock<Ledger>>,
+    /// Operation ids being executed right now, with their request fingerprint. Finished
+    /// operations are found in the ledger instead.
+    claims: DashMap<Uuid, u32>,
+    mailbox_capacity: usize,
+}
+
+/// Removes an operation-id claim when the operation is over (done or refused).
+struct Claim {
+    engine: Engine,
+    id: Uuid,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.engine.inner.claims.remove(&self.id);
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum OpKind {
+    Product(&'static str),
+    Reserve,
+    Sale,
+}
+
+/// What was found on start-up, for the server to report.
+#[derive(Debug)]
+pub struct Startup {
+    pub replay: ReplayOutcome,
+    pub products: usize,
+    pub active_reservations: usize,
+    pub expired_at_start: usize,
+}
+
+impl Engine {
+    /// Replays the data directory, starts the log writer and one actor per product, and
+    /// releases holds whose time passed while the server was down (durably) before returning.
+    pub async fn open(
+        config: &EngineConfig,
+        clock: Arc<dyn Clock>,
+        on_fatal: FatalHook,
+    ) -> Result<(Engine, Startup), WalError> {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| WalError::io("cannot create data directory", &config.data_dir, e))?;
+        let mut ledger = Ledger::new();
+        let outcome = replay::replay(&config.data_dir, Mode::Repair, |record, _| {
+            ledger.apply(&record)
+        })?;
+        if let Some(torn) = &outcome.torn_tail {
+            tracing::warn!(
+                "log tail was torn ({}): cut {} bytes at offset {} of {}",
+                torn.reason,
+                torn.dropped_bytes,
+                torn.offset,
+                torn.path.display()
+            );
+        }
+        let seeds = seeds_from(&ledger, clock.as_ref());
+        let overdue_homes: Vec<Sku> = ledger
+            .reservations()
+            .filter(|(_, r)| {
+                r.status == ReservationStatus::Active && r.expires_at_ms <= clock.now_ms()
+            })
+            .map(|(_, r)| home_of(&r.items).clone())
+            .collect();
+        let products = ledger.product_count();
+        let active_reservations = ledger.active_reservations();
+        let ledger = Arc::new(RwLock::new(ledger));
+        let log = Log::start(
+            LogConfig {
+                dir: config.data_dir.clone(),
+                segment_size_bytes: config.segment_size_bytes,
+                channel_capacity: config.log_channel_capacity,
+                batch_max_bytes: config.log_batch_max_bytes,
+            },
+            outcome.last.clone(),
+            ledger.clone(),
+            on_fatal,
+        )?;
+        let shared = Arc::new(Shared {
+            log,
+            clock,
+            registry: Registry::default(),
+            deferred_capacity: config.deferred_capacity,
+        });
+        for (sku, seed) in seeds {
+            let tx = product::spawn(sku.clone(), seed, shared.clone(), config.mailbox_capacity);
+            shared.registry.insert(sku, tx);
+        }
+        let engine = Engine {
+            inner: Arc::new(Inner {
+                shared,
+                ledger,
+                claims: DashMap::new(),
+                mailbox_capacity: config.mailbox_capacity,
+            }),
+        };
+        let expired_at_start = overdue_homes.len();
+        engine.expire_overdue(overdue_homes).await?;
+        Ok((
+            engine,
+            Startup {
+                replay: outcome,
+                products,
+                active_reservations,
+                expired_at_start,
+            },
+        ))
+    }
+
+    async fn expire_overdue(&self, mut homes: Vec<Sku>) -> Result<(), WalError> {
+        homes.sort();
+        homes.dedup();
+        for sku in homes {
+            let tx = self
+                .inner
+                .shared
+                .registry
+                .get(sku.as_str())
+                .expect("actor started for every product");
+            let (reply, rx) = oneshot::channel();
+            if tx.send(Msg::ExpireOverdue { reply }).await.is_err() {
+                continue;
+            }
+            let _ = rx.await;
+        }
+        // Holds of other items are released by the home actors' fan-out tasks; the record
+        // that ends each reservation must be durable before we call the start-up done.
+        self.inner.shared.log.flush().await.map_err(|_| {
+            WalError::io(
+                "cannot write expiry records at start",
+                "",
+                std::io::Error::other("log failed"),
+            )
+        })
+    }
+
+    /// Waits until everything handed to the log is durable (graceful shutdown).
+    pub async fn flush(&self) -> Result<(), EngineError> {
+        self.inner
+            .shared
+            .log
+            .flush()
+            .await
+            .map_err(|_| EngineError::Unavailable)
+    }
+
+    /// (fsyncs, records made durable) since start: records per fsync is their ratio.
+    pub fn log_counters(&self) -> (u64, u64) {
+        self.inner.shared.log.durability().counters()
+    }
+
+    pub fn log_failed(&self) -> bool {
+        self.inner.shared.log.durability().is_failed()
+    }
+
+    // ---------------------------------------------------------------- plumbing
+
+    async fn wait(&self, lsn: Lsn) -> Result<(), EngineError> {
+        self.inner
+            .shared
+            .log
+            .durability()
+            .wait(lsn)
+            .await
+            .map_err(|_| EngineError::Unavailable)
+    }
+
+    fn actor(&self, sku: &str) -> Option<mpsc::Sender<Msg>> {
+        self.inner.shared.registry.get(sku)
+    }
+
+    /// Sends without waiting for mailbox space: a full mailbox is overload.
+    async fn ask(
+        tx: &mpsc::Sender<Msg>,
+        make: impl FnOnce(Reply) -> Msg,
+    ) -> Result<Answer, Refusal> {
+        let (reply, rx) = oneshot::channel();
+        match tx.try_send(make(reply)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(msg)) => {
+                drop(msg);
+                return Err(Refusal::Overloaded);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(Refusal::Unavailable),
+        }
+        rx.await.unwrap_or(Err(Refusal::Unavailable))
+    }
+
+    /// Maps an actor's refusal to an error, first waiting until the state it reflects is durable.
+    async fn refusal(&self, refusal: Refusal) -> EngineError {
+        let depends_on = match &refusal {
+            Refusal::Stock { depends_on, .. }
+            | Refusal::Conflict { depends_on, .. }
+            | Refusal::PreconditionFailed { depends_on }
+            | Refusal::InvalidTransition { depends_on, .. }
+            | Refusal::ReservationExpired { depends_on } => *depends_on,
+            _ => 0,
+        };
+        if let Err(e) = self.wait(depends_on).await {
+            return e;
+        }
+        match refusal {
+            Refusal::NotFound => EngineError::NotFound("no such product".into()),
+            Refusal::Stock { .. } => EngineError::Conflict("not enough stock".into()),
+            Refusal::Conflict { detail, .. } => EngineError::Conflict(detail),
+            Refusal::PreconditionFailed { .. } => EngineError::PreconditionFailed(
+                "the product changed since the version given in If-Match".into(),
+            ),
+            Refusal::Invalid(detail) => EngineError::Invalid(detail),
+            Refusal::InvalidTransition { status, .. } => {
+                EngineError::InvalidTransition(format!("the reservation is {}", status.as_str()))
+            }
+            Refusal::ReservationExpired { .. } => {
+                EngineError::ReservationExpired("the reservation has expired".into())
+            }
+            Refusal::Busy => EngineError::Conflict(
+                "another completion of this reservation is in progress; retry".into(),
+            ),
+            Refusal::Overloaded => EngineError::Overloaded,
+            Refusal::Unavailable => EngineError::Unavailable,
+        }
+    }
+
+    /// Runs `work` in a task of its own so that it finishes even if the caller goes away.
+    async fn detached<T: Send + 'static>(
+        work: impl std::future::Future<Output = Result<T, EngineError>> + Send + 'static,
+    ) -> Result<T, EngineError> {
+        tokio::spawn(work)
+            .await
+            .unwrap_or(Err(EngineError::Unavailable))
+    }
+
+    /// `Some(Ok)` if `id` names a finished operation made with the same request (a repeat),
+    /// `Some(Err(IdReused))` if with another request, `None` if unknown.
+    fn finished(&self, id: &Uuid, kind: OpKind, fp: u32) -> Option<Result<(), EngineError>> {
+        let ledger = self.inner.ledger.read();
+        let found = if let Some(r) = ledger.reservation(id) {
+            Some((OpKind::Reserve, r.fingerprint))
+        } else if let Some(fp) = ledger.sale_fingerprint(id) {
+            Some((OpKind::Sale, fp))
+        } else {
+            ledger
+                .product_op(id)
+                .map(|op| (OpKind::Product(op.kind), op.fingerprint))
+        };
+        found.map(|(k, f)| {
+            if k == kind && f == fp {
+                Ok(())
+            } else {
+                Err(EngineError::IdReused)
+            }
+        })
+    }
+
+    /// Claims a client-given operation id. `Ok(None)`: it is a repeat of a finished operation.
+    fn claim(&self, id: Uuid, kind: OpKind, fp: u32) -> Result<Option<Claim>, EngineError> {
+        if let Some(done) = self.finished(&id, kind, fp) {
+            return done.map(|_| None);
+        }
+        match self.inner.claims.entry(id) {
+            dashmap::Entry::Occupied(e) => {
+                return Err(if *e.get() != fp {
+                    EngineError::IdReused
+                } else {
+                    EngineError::Conflict("an operation with this id is in progress; retry".into())
+                });
+            }
+            dashmap::Entry::Vacant(v) => {
+                v.insert(fp);
+            }
+        }
+        let claim = Claim {
+            engine: self.clone(),
+            id,
+        };
+        // Finished between our first look and the claim: the ledger has it now.
+        if let Some(done) = self.finished(&id, kind, fp) {
+            drop(claim);
+            return done.map(|_| None);
+        }
+        Ok(Some(claim))
+    }
+
+    fn product_answer(&self, op_id: &Uuid) -> Result<ProductAnswer, EngineError> {
+        let ledger = self.inner.ledger.read();
+        let op = ledger.product_op(op_id).ok_or(EngineError::Unavailable)?;
+        Ok(ProductAnswer {
+            created: op.created,
+            product: op.view.clone(),
+        })
+    }
+
+    // ---------------------------------------------------------------- product operations
+
+    async fn product_op(
+        &self,
+        kind: &'static str,
+        id: Option<Uuid>,
+        fp: u32,
+        tx: mpsc::Sender<Msg>,
+        make: impl FnOnce(OpCtx, Reply) -> Msg + Send + 'static,
+        actor: &str,
+    ) -> Result<ProductAnswer, EngineError> {
+        let (op_id, claim) = match id {
+            Some(id) => match self.claim(id, OpKind::Product(kind), fp)? {
+                Some(claim) => (id, Some(claim)),
+                None => return self.product_answer(&id),
+            },
+            None => (Uuid::new_v4(), None),
+        };
+        let op = OpCtx {
+            op_id,
+            actor: actor.to_string(),
+            fingerprint: fp,
+        };
+        let engine = self.clone();
+        Self::detached(async move {
+            let _claim = claim;
+            match Self::ask(&tx, |reply| make(op, reply)).await {
+                Ok(Answer::Durable(lsn)) => {
+                    engine.wait(lsn).await?;
+                    engine.product_answer(&op_id)
+                }
+                Ok(other) => unreachable!("product operation answered {other:?}"),
+                Err(Refusal::NotFound) => Err(EngineError::NotFound(format!(
+                    "no product {}",
+                    "with this sku"
+                ))),
+                Err(r) => Err(engine.refusal(r).await),
+            }
+        })
+        .await
+    }
+
+    /// PUT /v1/products/{sku}: create, or update (an audited `set` when on_hand is given).
+    pub async fn put_product(
+        &self,
+        actor: &str,
+        sku: &str,
+        req: requests::PutProduct,
+        if_match: Option<u64>,
+    ) -> Result<ProductAnswer, EngineError> {
+        let sku = requests::parse_sku(sku)?;
+        req.validate()?;
+        let fp = fingerprint("put", sku.as_str(), &req);
+        let shared = self.inner.shared.clone();
+        let capacity = self.inner.mailbox_capacity;
+        let tx = self.inner.shared.registry.get_or_spawn(&sku, || {
+            product::spawn(sku.clone(), Seed::default(), shared, capacity)
+        });
+        self.product_op(
+            "product_put",
+            None,
+            fp,
+            tx,
+            move |op, reply| {
+                Msg::Put(PutMsg {
+                    op,
+                    name: req.name,
+                    low_stock_threshold: req.low_stock_threshold,
+                    on_hand: req.on_hand,
+                    if_match,
+                    reply,
+                })
+            },
+            actor,
+        )
+        .await
+    }
+
+    fn existing(&self, sku: &Sku) -> Result<mpsc::Sender<Msg>, EngineError> {
+        self.actor(sku.as_str())
+            .ok_or_else(|| EngineError::NotFound(format!("no product {sku}")))
+    }
+
+    pub async fn restock(
+        &self,
+        actor: &str,
+        sku: &str,
+        req: requests::QuantityChange,
+        if_match: Option<u64>,
+    ) -> Result<ProductView, EngineError> {
+        self.add(actor, sku, req, if_match, CountChange::Restock, "restock")
+            .await
+    }
+
+    pub async fn record_return(
+        &self,
+        actor: &str,
+        sku: &str,
+        req: requests::QuantityChange,
+    ) -> Result<ProductView, EngineError> {
+        self.add(actor, sku, req, None, CountChange::Return, "return")
+            .await
+    }
+
+    async fn add(
+        &self,
+        actor: &str,
+        sku: &str,
+        req: requests::QuantityChange,
+        if_match: Option<u64>,
+        change: CountChange,
+        kind: &'static str,
+    ) -> Result<ProductView, EngineError> {
+        let sku = requests::parse_sku(sku)?;
+        req.validate()?;
+        let fp = fingerprint(kind, sku.as_str(), &req);
+        let tx = self.existing(&sku)?;
+        let answer = self
+            .product_op(
+                kind,
+                req.id,
+                fp,
+                tx,
+                move |op, reply| {
+                    Msg::Add(AddMsg {
+                        op,
+                        change,
+                        quantity: req.quantity,
+                        reference: req.reference,
+                        note: req.note,
+                        if_match,
+                        reply,
+                    })
+                },
+                actor,
+            )
+            .await?;
+        Ok(answer.product)
+    }
+
+    pub async fn adjust(
+        &self,
+        actor: &str,
+        sku: &str,
+        req: requests::Adjust,
+        if_match: Option<u64>,
+    ) -> Result<ProductView, EngineError> {
+        let sku = requests::parse_sku(sku)?;
+        req.validate()?;
+        let fp = fingerprint("adjust", sku.as_str(), &req);
+        let tx = self.existing(&sku)?;
+        let answer = self
+            .product_op(
+                "adjust",
+                req.id,
+                fp,
+                tx,
+                move |op, reply| {
+                    Msg::Adjust(AdjustMsg {
+                        op,
+                        delta: req.delta,
+                        reason: req.reason,
+                        reference: req.reference,
+                        note: req.note,
+                        if_match,
+                        reply,
+                    })
+                },
+                actor,
+            )
+            .await?;
+        Ok(answer.product)
+    }
+
+    // ---------------------------------------------------------------- reservations and sales
+
+    /// Builds the 409 body: the refusing item with what its actor saw, the others from the ledger.
+    fn stock_report(
+        &self,
+        items: &[Item],
+        refused: Option<(&Sku, Option<u64>)>,
+    ) -> Vec<ItemReport> {
+        let ledger = self.inner.ledger.read();
+        items
+            .iter()
+            .map(|item| {
+                let available = match refused {
+                    Some((sku, seen)) if *sku == item.sku => seen,
+                    _ => ledger.available(item.sku.as_str()),
+                };
+                ItemReport::judge(item.sku.as_str(), item.quantity, available)
+            })
+            .collect()
+    }
+
+    /// Takes tentative holds at every non-home item, in SKU order. On refusal, aborts those
+    /// taken and returns the error to answer with.
+    async fn take_tentatives(
+        &self,
+        key: Uuid,
+        items: &[Item],
+        home: &Sku,
+        quantities: impl Fn(usize) -> u64,
+        kind: TentativeKind,
+    ) -> Result<Vec<mpsc::Sender<Msg>>, EngineError> {
+        let mut order: Vec<usize> = (0..items.len())
+            .filter(|i| items[*i].sku != *home)
+            .collect();
+        order.sort_by(|a, b| items[*a].sku.cmp(&items[*b].sku));
+        let mut granted = Vec::with_capacity(order.len());
+        for index in order {
+            let item = &items[index];
+            let refusal = match self.actor(item.sku.as_str()) {
+                None => Refusal::NotFound,
+                Some(tx) => {
+                    let quantity = quantities(index);
+                    match Self::ask(&tx, |reply| {
+                        Msg::Tentative(TentativeMsg {
+                            key,
+                            quantity,
+                            kind,
+                            reply,
+                        })
+                    })
+                    .await
+                    {
+                        Ok(_) => {
+                            granted.push(tx);
+                            continue;
+                        }
+                        Err(r) => r,
+                    }
+                }
+            };
+            Self::settle(&granted, key, None).await;
+            return Err(self.item_refusal(items, &item.sku, refusal).await);
+        }
+        Ok(granted)
+    }
+
+    /// Commits (`lsn` given) or aborts the tentative holds. Waits for mailbox space: these
+    /// messages must arrive.
+    async fn settle(granted: &[mpsc::Sender<Msg>], key: Uuid, lsn: Option<Lsn>) {
+        for tx in granted {
+            let msg = match lsn {
+                Some(lsn) => Msg::Commit { key, lsn },
+                None => Msg::Abort { key },
+            };
+            let _ = tx.send(msg).await;
+        }
+    }
+
+    async fn item_refusal(&self, items: &[Item], sku: &Sku, refusal: Refusal) -> EngineError {
+        match refusal {
+            Refusal::NotFound => {
+                EngineError::InsufficientStock(self.stock_report(items, Some((sku, None))))
+            }
+            Refusal::Stock {
+                available,
+                depends_on,
+            } => match self.wait(depends_on).await {
+                Ok(()) => EngineError::InsufficientStock(
+                    self.stock_report(items, Some((sku, Some(available)))),
+                ),
+                Err(e) => e,
+            },
+            other => self.refusal(other).await,
+        }
+    }
+
+    /// Admits a new reservation or sale: tentative holds, one record at the home actor, commit.
+    async fn admit(
+        &self,
+        op: OpCtx,
+        items: Vec<Item>,
+        kind: FinishKind,
+        reference: Option<String>,
+    ) -> Result<Lsn, EngineError> {
+        let home = home_of(&items).clone();
+        let key = op.op_id;
+        let tentative_kind = match kind {
+            FinishKind::Reserve { .. } => TentativeKind::Hold,
+            FinishKind::Sell => TentativeKind::Sale,
+        };
+        let granted = self
+            .take_tentatives(key, &items, &home, |i| items[i].quantity, tentative_kind)
+            .await?;
+        let Some(home_tx) = self.actor(home.as_str()) else {
+            Self::settle(&granted, key, None).await;
+            return Err(EngineError::InsufficientStock(
+                self.stock_report(&items, Some((&home, None))),
+            ));
+        };
+        let answer = Self::ask(&home_tx, |reply| {
+            Msg::Finish(FinishMsg {
+                op,
+                items: items.clone(),
+                kind,
+                reference,
+                reply,
+            })
+        })
+        .await;
+        match answer {
+            Ok(Answer::Durable(lsn)) => {
+                Self::settle(&granted, key, Some(lsn)).await;
+                Ok(lsn)
+            }
+            Ok(other) => unreachable!("finish answered {other:?}"),
+            Err(refusal) => {
+                Self::settle(&granted, key, None).await;
+                Err(self.item_refusal(&items, &home, refusal).await)
+            }
+        }
+    }
+
+    /// POST /v1/reservations.
+    pub async fn reserve(
+        &self,
+        actor: &str,
+        req: requests::Reserve,
+    ) -> Result<ReservationView, EngineError> {
+        let (items, metadata) = req.validate()?;
+        let fp = fingerprint("reserve", "", &req);
+        let (op_id, claim) = match req.id {
+            Some(id) => match self.claim(id, OpKind::Reserve, fp)? {
+                Some(claim) => (id, Some(claim)),
+                None => return self.created_reservation(&id),
+            },
+            None => (Uuid::new_v4(), None),
+        };
+        let op = OpCtx {
+            op_id,
+            actor: actor.to_string(),
+            fingerprint: fp,
+        };
+        let kind = FinishKind::Reserve {
+            ttl_ms: req.ttl_seconds() * 1000,
+            session_id: req.session_id,
+            user_id: req.user_id,
+            metadata,
+        };
+        let engine = self.clone();
+        Self::detached(async move {
+            let _claim = claim;
+            let lsn = engine.admit(op, items, kind, req.reference).await?;
+            engine.wait(lsn).await?;
+            engine.created_reservation(&op_id)
+        })
+        .await
+    }
+
+    fn created_reservation(&self, id: &Uuid) -> Result<ReservationView, EngineError> {
+        self.inner
+            .ledger
+            .read()
+            .reservation_created_view(id)
+            .ok_or(EngineError::Unavailable)
+    }
+
+    /// POST /v1/sales.
+    pub async fn sell(&self, actor: &str, req: requests::Sale) -> Result<SaleView, EngineError> {
+        let items = requests::parse_items(&req.items)?;
+        requests::check_text("reference", &req.reference)?;
+        let fp = fingerprint("sale", "", &req);
+        let (op_id, claim) = match req.id {
+            Some(id) => match self.claim(id, OpKind::Sale, fp)? {
+                Some(claim) => (id, Some(claim)),
+                None => return self.sale(&id).ok_or(EngineError::Unavailable),
+            },
+            None => (Uuid::new_v4(), None),
+        };
+        let op = OpCtx {
+            op_id,
+            actor: actor.to_string(),
+            fingerprint: fp,
+        };
+        let engine = self.clone();
+        Self::detached(async move {
+            let _claim = claim;
+            let lsn = engine
+                .admit(op, items, FinishKind::Sell, req.reference)
+                .await?;
+            engine.wait(lsn).await?;
+            engine.sale(&op_id).ok_or(EngineError::Unavailable)
+        })
+        .await
+    }
+
+    /// The home actor of a durable reservation.
+    fn home_actor(&self, id: &Uuid) -> Result<(mpsc::Sender<Msg>, Vec<Item>), EngineError> {
+        let items = self
+            .inner
+            .ledger
+            .read()
+            .reservation(id)
+            .map(|r| r.items.clone())
+            .ok_or_else(|| EngineError::NotFound(format!("no reservation {id}")))?;
+        let tx = self
+            .actor(home_of(&items).as_str())
+            .expect("a reservation's products have actors");
+        Ok((tx, items))
+    }
+
+    fn reservation_now(&self, id: &Uuid) -> Result<ReservationView, EngineError> {
+        self.reservation(id).ok_or(EngineError::Unavailable)
+    }
+
+    /// POST /v1/reservations/{id}/complete.
+    pub async fn complete(
+        &self,
+        actor: &str,
+        id: Uuid,
+        req: requests::Complete,
+    ) -> Result<ReservationView, EngineError> {
+        let partial = match &req.items {
+            Some(items) => Some(requests::parse_items(items)?),
+            None => None,
+        };
+        requests::check_text("reference", &req.reference)?;
+        let (tx, items) = self.home_actor(&id)?;
+        let engine = self.clone();
+        let actor = actor.to_string();
+        Self::detached(async move {
+            let reference = req.reference.clone();
+            let answer = Self::ask(&tx, |reply| {
+                Msg::Complete(CompleteMsg {
+                    id,
+                    actor: actor.clone(),
+                    items: partial,
+                    reference: reference.clone(),
+                    reply,
+                })
+            })
+            .await;
+            let lsn = match answer {
+                Ok(Answer::Durable(lsn)) => lsn,
+                Ok(Answer::Reacquire(sold)) => {
+                    engine
+                        .reacquire(id, actor, &tx, items, sold, reference)
+                        .await?
+                }
+                Ok(other) => unreachable!("complete answered {other:?}"),
+                Err(r) => return Err(engine.refusal(r).await),
+            };
+            engine.wait(lsn).await?;
+            engine.reservation_now(&id)
+        })
+        .await
+    }
+
+    /// Completes an expired reservation by taking its stock again, if it is there.
+    async fn reacquire(
+        &self,
+        id: Uuid,
+        actor: String,
+        home_tx: &mpsc::Sender<Msg>,
+        items: Vec<Item>,
+        sold: Vec<u64>,
+        reference: Option<String>,
+    ) -> Result<Lsn, EngineError> {
+        let home = home_of(&items).clone();
+        // A fresh key: the old hold's release may still be travelling under the reservation id.
+        let key = Uuid::new_v4();
+        let expired = || {
+            EngineError::ReservationExpired(
+                "the reservation expired and its stock is no longer available".into(),
+            )
+        };
+        let granted = match self
+            .take_tentatives(key, &items, &home, |i| sold[i], TentativeKind::Sale)
+            .await
+        {
+            Ok(granted) => granted,
+            Err(e) => {
+                let _ = home_tx.send(Msg::ReacquireAbort { id }).await;
+                return Err(match e {
+                    EngineError::InsufficientStock(_) => expired(),
+                    other => other,
+                });
+            }
+        };
+        let answer = Self::ask(home_tx, |reply| {
+            Msg::ReacquireFinish(ReacquireMsg {
+                id,
+                actor,
+                sold,
+                reference,
+                reply,
+            })
+        })
+        .await;
+        match answer {
+            Ok(Answer::Durable(lsn)) => {
+                Self::settle(&granted, key, Some(lsn)).await;
+                Ok(lsn)
+            }
+            Ok(other) => unreachable!("reacquire answered {other:?}"),
+            Err(refusal) => {
+                Self::settle(&granted, key, None).await;
+                if matches!(refusal, Refusal::Overloaded) {
+                    // Never reached the actor: it still marks the reservation busy.
+                    let _ = home_tx.send(Msg::ReacquireAbort { id }).await;
+                }
+                Err(match refusal {
+                    Refusal::Stock { depends_on, .. } => match self.wait(depends_on).await {
+                        Ok(()) => expired(),
+                        Err(e) => e,
+                    },
+                    other => self.refusal(other).await,
+                })
+            }
+        }
+    }
+
+    /// POST /v1/reservations/{id}/cancel.
+    pub async fn cancel(
+        &self,
+        actor: &str,
+        id: Uuid,
+        req: requests::Cancel,
+    ) -> Result<ReservationView, EngineError> {
+        requests::check_text("reason", &req.reason)?;
+        let (tx, _) = self.home_actor(&id)?;
+        let engine = self.clone();
+        let actor = actor.to_string();
+        Self::detached(async move {
+            match Self::ask(&tx, |reply| {
+                Msg::Cancel(CancelMsg {
+                    id,
+                    actor,
+                    note: req.reason,
+                    reply,
+                })
+            })
+            .await
+            {
+                Ok(Answer::Durable(lsn)) => engine.wait(lsn).await?,
+                Ok(other) => unreachable!("cancel answered {other:?}"),
+                Err(r) => return Err(engine.refusal(r).await),
+            }
+            engine.reservation_now(&id)
+        })
+        .await
+    }
+
+    /// POST /v1/reservations/{id}/extend.
+    pub async fn extend(
+        &self,
+        actor: &str,
+        id: Uuid,
+        req: requests::Extend,
+    ) -> Result<ReservationView, EngineError> {
+        requests::check_ttl(req.ttl_seconds)?;
+        let (tx, _) = self.home_actor(&id)?;
+        let engine = self.clone();
+        let actor = actor.to_string();
+        Self::detached(async move {
+            match Self::ask(&tx, |reply| {
+                Msg::Extend(ExtendMsg {
+                    id,
+                    actor,
+                    ttl_ms: req.ttl_seconds * 1000,
+                    reply,
+                })
+            })
+            .await
+            {
+                Ok(Answer::Durable(lsn)) => engine.wait(lsn).await?,
+                Ok(other) => unreachable!("extend answered {other:?}"),
+                Err(r) => return Err(engine.refusal(r).await),
+            }
+            engine.reservation_now(&id)
+        })
+        .await
+    }
+
+    // ---------------------------------------------------------------- reads (durable state)
+
+    pub fn product(&self, sku: &str) -> Option<ProductView> {
+        self.inner.ledger.read().product(sku)
+    }
+
+    pub fn list_products(
+        &self,
+        status: Option<StockStatus>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> (Vec<ProductView>, Option<String>) {
+        self.inner.ledger.read().list_products(status, after, limit)
+    }
+
+    pub fn history(
+        &self,
+        sku: &str,
+        before: Option<u64>,
+        action: Option<Action>,
+        limit: usize,
+    ) -> Option<(Vec<HistoryView>, Option<u64>)> {
+        self.inner.ledger.read().history(sku, before, action, limit)
+    }
+
+    pub fn reservation(&self, id: &Uuid) -> Option<ReservationView> {
+        self.inner.ledger.read().reservation_view(id)
+    }
+
+    pub fn sale(&self, id: &Uuid) -> Option<SaleView> {
+        self.inner.ledger.read().sale_view(id)
+    }
+
+    /// POST /v1/availability: durable availability of each item; changes nothing.
+    pub fn availability(
+        &self,
+        req: &requests::Availability,
+    ) -> Result<(bool, Vec<ItemReport>), EngineError> {
+        let items = requests::parse_items(&req.items)?;
+        let report = self.stock_report(&items, None);
+        let ok = report.iter().all(|r| r.error.is_none());
+        Ok((ok, report))
+    }
+
+    /// Checks the ledger's invariants (tests, `verify`).
+    pub fn check_invariants(&self) -> Result<(), String> {
+        self.inner.ledger.read().check_invariants()
+    }
+}
+
+/// Actor start states from the replayed ledger.
+fn seeds_from(ledger: &Ledger, clock: &dyn Clock) -> Vec<(Sku, Seed)> {
+    let mut seeds: std::collections::HashMap<Sku, Seed> = ledger
+        .product_counts()
+        .map(|(sku, on_hand, reserved, version)| {
+            (
+                sku.clone(),
+                Seed {
+                    exists: true,
+                    on_hand,
+                    reserved,
+                    version,
+                    ..Seed::default()
+                },
+            )
+        })
+        .collect();
+    let now_ms = clock.now_ms();
+    let now = clock.now();
+    for (id, r) in ledger.reservations() {
+        if r.status == ReservationStatus::Active {
+            for item in &r.items {
+                let seed = seeds.get_mut(&item.sku).expect("reserved products exist");
+                seed.holds.insert(*id, item.quantity);
+            }
+        }
+        let remaining_ms = (r.expires_at_ms - now_ms).max(0) as u64;
+        let home = home_of(&r.items);
+        seeds
+            .get_mut(home)
+            .expect("reserved products exist")
+            .homes
+            .insert(
+                *id,
+                Home {
+                    items: r.items.clone(),
+                    status: r.status,
+                    deadline: now + std::time::Duration::from_millis(remaining_ms),
+                    end_lsn: 0,
+                    busy: false,
+                },
+            );
+    }
+    seeds.into_iter().collect()
+}

@@ -1,0 +1,145 @@
+//! RFC 9457 problem details with a stable `code`, and the mapping from engine errors.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::engine::EngineError;
+use crate::ledger::ItemReport;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub title: &'static str,
+    pub detail: String,
+    pub items: Option<Vec<ItemReport>>,
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'a str,
+    status: u16,
+    detail: &'a str,
+    code: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    items: Option<&'a [ItemReport]>,
+}
+
+impl ApiError {
+    pub fn new(
+        status: StatusCode,
+        code: &'static str,
+        title: &'static str,
+        detail: impl Into<String>,
+    ) -> ApiError {
+        ApiError {
+            status,
+            code,
+            title,
+            detail: detail.into(),
+            items: None,
+        }
+    }
+
+    pub fn invalid(detail: impl Into<String>) -> ApiError {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "Invalid request",
+            detail,
+        )
+    }
+
+    pub fn not_found(detail: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", "Not found", detail)
+    }
+
+    pub fn overloaded() -> ApiError {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "Overloaded",
+            "the server is at capacity; retry after the indicated delay",
+        )
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> ApiError {
+        let detail = e.to_string();
+        match e {
+            EngineError::Invalid(_) => ApiError::invalid(detail),
+            EngineError::NotFound(_) => ApiError::not_found(detail),
+            EngineError::Conflict(_) => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", "Conflict", detail)
+            }
+            EngineError::InsufficientStock(items) => ApiError {
+                items: Some(items),
+                ..ApiError::new(
+                    StatusCode::CONFLICT,
+                    "insufficient_stock",
+                    "Insufficient stock",
+                    detail,
+                )
+            },
+            EngineError::ReservationExpired(_) => ApiError::new(
+                StatusCode::CONFLICT,
+                "reservation_expired",
+                "Reservation expired",
+                detail,
+            ),
+            EngineError::InvalidTransition(_) => ApiError::new(
+                StatusCode::CONFLICT,
+                "invalid_transition",
+                "Invalid transition",
+                detail,
+            ),
+            EngineError::IdReused => ApiError::new(
+                StatusCode::CONFLICT,
+                "id_reused",
+                "Operation id reused",
+                detail,
+            ),
+            EngineError::PreconditionFailed(_) => ApiError::new(
+                StatusCode::PRECONDITION_FAILED,
+                "precondition_failed",
+                "Precondition failed",
+                detail,
+            ),
+            EngineError::Overloaded => ApiError::overloaded(),
+            EngineError::Unavailable => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Unavailable",
+                detail,
+            ),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Problem {
+            kind: format!("urn:stockd:problem:{}", self.code),
+            title: self.title,
+            status: self.status.as_u16(),
+            detail: &self.detail,
+            code: self.code,
+            items: self.items.as_deref(),
+        };
+        let bytes = serde_json::to_vec(&body).unwrap_or_default();
+        let mut response = (self.status, bytes).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}

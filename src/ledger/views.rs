@@ -1,0 +1,94 @@
+//! JSON shapes of what clients read. Built only from the ledger, i.e. from durable state.
+
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::domain::{Item, StockStatus};
+
+pub fn rfc3339_ms(at_ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(at_ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ProductView {
+    pub sku: String,
+    pub name: Option<String>,
+    pub on_hand: u64,
+    pub reserved: u64,
+    pub available: u64,
+    pub low_stock_threshold: u64,
+    pub status: StockStatus,
+    pub version: u64,
+    pub updated_at: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct HistoryView {
+    pub seq: u64,
+    pub at: String,
+    pub action: &'static str,
+    pub quantity_before: u64,
+    pub quantity_after: u64,
+    pub change: i64,
+    pub reserved_before: u64,
+    pub reserved_after: u64,
+    pub actor: String,
+    pub reference: Option<String>,
+    pub reservation_id: Option<Uuid>,
+    pub note: Option<String>,
+    pub metadata: Option<serde_json::Value>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ReservationView {
+    pub id: Uuid,
+    pub status: &'static str,
+    pub items: Vec<Item>,
+    pub created_at: String,
+    pub expires_at: String,
+    pub session_id: Option<String>,
+    pub user_id: Option<String>,
+    pub reference: Option<String>,
+    pub metadata: Option<serde_json::Value>,
+    /// Units sold per item, once completed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sold_items: Option<Vec<Item>>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub reacquired: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SaleView {
+    pub id: Uuid,
+    pub items: Vec<Item>,
+    pub at: String,
+    pub reference: Option<String>,
+}
+
+/// Per-item answer of availability checks and stock refusals.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct ItemReport {
+    pub sku: String,
+    pub requested: u64,
+    pub available: u64,
+    pub error: Option<&'static str>,
+}
+
+impl ItemReport {
+    pub fn judge(sku: &str, requested: u64, available: Option<u64>) -> ItemReport {
+        let (available, error) = match available {
+            None => (0, Some("not_found")),
+            Some(0) => (0, Some("out_of_stock")),
+            Some(a) if a < requested => (a, Some("insufficient_stock")),
+            Some(a) => (a, None),
+        };
+        ItemReport {
+            sku: sku.to_string(),
+            requested,
+            available,
+            error,
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! `stockd serve`: replay, start the engine, listen, serve until SIGTERM / Ctrl-C or a fatal
+//! log error, then drain and flush. A log failure exits non-zero so a supervisor restarts us.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::clock::SystemClock;
+use crate::config::ServerConfig;
+use crate::engine::Engine;
+
+/// How long in-flight requests may take to finish after a shutdown signal.
+const DRAIN_TIMEOUT_MS: u64 = 10_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(
+        "refusing to listen on {0}: no tokens are configured, so stockd only listens on a loopback \
+         address (127.0.0.1 or ::1). Use --listen 127.0.0.1:PORT"
+    )]
+    NotLoopback(std::net::SocketAddr),
+    #[error("{0}")]
+    Log(#[from] crate::wal::WalError),
+    #[error(
+        "cannot listen on {addr}: {source}. Is another stockd (or another program) using the port? \
+         Choose another with --listen"
+    )]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Fatal(String),
+    #[error("server error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub async fn serve(config: ServerConfig) -> Result<(), ServeError> {
+    if !config.listen.ip().is_loopback() {
+        return Err(ServeError::NotLoopback(config.listen));
+    }
+    let (fatal_tx, mut fatal_rx) = watch::channel::<Option<String>>(None);
+    let on_fatal = Box::new(move |message: String| {
+        let _ = fatal_tx.send(Some(message));
+    });
+    let (engine, startup) = Engine::open(&config.engine, Arc::new(SystemClock), on_fatal).await?;
+    tracing::info!(
+        "replayed {} records from {} segments in {}: {} products, {} active reservations, {} released at start (expired while down)",
+        startup.replay.records,
+        startup.replay.segments,
+        config.engine.data_dir.display(),
+        startup.products,
+        startup.active_reservations,
+        startup.expired_at_start
+    );
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr()?;
+    tracing::info!("no tokens configured: requests need no auth, listening on loopback only");
+    {
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(stdout, "stockd listening on http://{addr}");
+        let _ = stdout.flush();
+    }
+
+    let app = crate::http::router(engine.clone(), config.max_concurrent_requests);
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = stop_rx.wait_for(|stop| *stop).await;
+    });
+    let mut server = std::pin::pin!(std::future::IntoFuture::into_future(server));
+
+    let fatal = tokio::select! {
+        result = &mut server => { result?; None }
+        _ = shutdown_signal() => None,
+        m = fatal_rx.wait_for(|m| m.is_some()) => m.ok().and_then(|m| m.clone()),
+    };
+    tracing::info!("shutting down: draining requests");
+    let _ = stop_tx.send(true);
+    if tokio::time::timeout(Duration::from_millis(DRAIN_TIMEOUT_MS), &mut server)
+        .await
+        .is_err()
+    {
+        tracing::warn!("requests still running after {DRAIN_TIMEOUT_MS} ms; stopping anyway");
+    }
+    if let Some(message) = fatal {
+        return Err(ServeError::Fatal(message));
+    }
+    engine
+        .flush()
+        .await
+        .map_err(|_| ServeError::Fatal("the log could not be flushed at shutdown".into()))?;
+    tracing::info!("log flushed; bye");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

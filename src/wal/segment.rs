@@ -1,0 +1,89 @@
+//! Segment files: `NNNNNNNNNNNNNNNN.log` in the data directory, each starting with a 16-byte
+//! header (magic, format version) so a stray or foreign file is refused, not misread.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use super::WalError;
+
+pub const MAGIC: &[u8; 8] = b"STOCKDLG";
+pub const FORMAT_VERSION: u32 = 1;
+pub const HEADER_BYTES: usize = 16;
+
+pub fn header() -> [u8; HEADER_BYTES] {
+    let mut h = [0u8; HEADER_BYTES];
+    h[0..8].copy_from_slice(MAGIC);
+    h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h
+}
+
+/// Checks a segment's header; `Err` carries the reason.
+pub fn check_header(bytes: &[u8]) -> Result<(), String> {
+    if bytes.len() < HEADER_BYTES {
+        return Err(format!(
+            "header is {} bytes, expected {HEADER_BYTES}",
+            bytes.len()
+        ));
+    }
+    if &bytes[0..8] != MAGIC {
+        return Err("bad magic: not a stockd log segment".into());
+    }
+    let version = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+    if version != FORMAT_VERSION {
+        return Err(format!(
+            "segment format version {version}, this build reads version {FORMAT_VERSION}"
+        ));
+    }
+    Ok(())
+}
+
+pub fn file_name(index: u64) -> String {
+    format!("{index:016}.log")
+}
+
+/// Segments in the directory, in index order. Other files are ignored.
+pub fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>, WalError> {
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| WalError::io("cannot read data directory", dir, e))?;
+    let mut segments = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| WalError::io("cannot read data directory", dir, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(stem) = name.strip_suffix(".log") else {
+            continue;
+        };
+        if stem.len() != 16 {
+            continue;
+        }
+        if let Ok(index) = stem.parse::<u64>() {
+            segments.push((index, entry.path()));
+        }
+    }
+    segments.sort();
+    Ok(segments)
+}
+
+/// Creates a new segment with its header, fsyncs it and the directory (so the new name
+/// itself survives a crash), and returns it open for appending.
+pub fn create(dir: &Path, index: u64) -> Result<(File, PathBuf), WalError> {
+    let path = dir.join(file_name(index));
+    let mut file = OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| WalError::io("cannot create log segment", &path, e))?;
+    file.write_all(&header())
+        .map_err(|e| WalError::io("cannot write log segment header", &path, e))?;
+    file.sync_all()
+        .map_err(|e| WalError::io("cannot fsync log segment", &path, e))?;
+    sync_dir(dir)?;
+    Ok((file, path))
+}
+
+pub fn sync_dir(dir: &Path) -> Result<(), WalError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| WalError::io("cannot fsync data directory", dir, e))
+}

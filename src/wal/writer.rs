@@ -1,0 +1,330 @@
+//! The log writer: one thread, one open segment, group commit.
+//!
+//! Producers (actors) encode their record on their own thread and hand the bytes over a bounded
+//! crossbeam channel, receiving a log sequence number (LSN) that orders it. The writer drains
+//! everything waiting, writes it with one `write`, calls `fdatasync` once, applies the batch to
+//! the read model ([`crate::ledger::Ledger`]), and only then publishes the new durable LSN,
+//! which wakes every reply waiting for it. A write or sync error is fatal: nothing more is
+//! acknowledged and the server exits so a supervisor restarts it and replay decides.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::watch;
+
+use super::frame::encode_record;
+use super::record::Record;
+use super::segment;
+use super::WalError;
+use crate::ledger::Ledger;
+
+/// Log sequence number: the order in which records were handed to the writer (in memory only).
+pub type Lsn = u64;
+
+#[derive(Clone, Debug)]
+pub struct LogConfig {
+    pub dir: PathBuf,
+    /// A segment is closed and a new one started once it reaches this size.
+    pub segment_size_bytes: u64,
+    /// Records that may wait for the writer; beyond it appends are refused (503 overloaded).
+    pub channel_capacity: usize,
+    /// Upper bound on one batch (one write + one fdatasync).
+    pub batch_max_bytes: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AppendError {
+    #[error("the log writer's queue is full")]
+    Overloaded,
+    #[error("the log cannot be written")]
+    Unavailable,
+}
+
+struct Pending {
+    lsn: Lsn,
+    frame: Vec<u8>,
+    record: Record,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct DurableState {
+    lsn: Lsn,
+    failed: bool,
+}
+
+/// Durability watermark shared by the writer (publisher) and every waiting reply.
+#[derive(Clone)]
+pub struct Durability {
+    inner: Arc<DurabilityInner>,
+}
+
+struct DurabilityInner {
+    durable_lsn: AtomicU64,
+    failed: AtomicBool,
+    watch: watch::Sender<DurableState>,
+    /// Group-commit counters: records per fsync = records_synced / fsyncs.
+    fsyncs: AtomicU64,
+    records_synced: AtomicU64,
+}
+
+impl Durability {
+    fn new(lsn: Lsn) -> Self {
+        let (watch, _) = watch::channel(DurableState { lsn, failed: false });
+        Durability {
+            inner: Arc::new(DurabilityInner {
+                durable_lsn: AtomicU64::new(lsn),
+                failed: AtomicBool::new(false),
+                watch,
+                fsyncs: AtomicU64::new(0),
+                records_synced: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    pub fn durable_lsn(&self) -> Lsn {
+        self.inner.durable_lsn.load(Ordering::Acquire)
+    }
+
+    pub fn is_failed(&self) -> bool {
+        self.inner.failed.load(Ordering::Acquire)
+    }
+
+    /// Resolves once every record up to `lsn` is fsynced; `Err` if the log failed first.
+    pub async fn wait(&self, lsn: Lsn) -> Result<(), AppendError> {
+        if self.is_failed() {
+            return Err(AppendError::Unavailable);
+        }
+        if self.durable_lsn() >= lsn {
+            return Ok(());
+        }
+        let mut rx = self.inner.watch.subscribe();
+        let state = rx
+            .wait_for(|s| s.failed || s.lsn >= lsn)
+            .await
+            .map(|s| *s)
+            .unwrap_or(DurableState {
+                lsn: 0,
+                failed: true,
+            });
+        if state.failed {
+            Err(AppendError::Unavailable)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// (fsyncs, records made durable) since start.
+    pub fn counters(&self) -> (u64, u64) {
+        (
+            self.inner.fsyncs.load(Ordering::Relaxed),
+            self.inner.records_synced.load(Ordering::Relaxed),
+        )
+    }
+
+    fn publish(&self, lsn: Lsn, records: u64) {
+        self.inner.fsyncs.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .records_synced
+            .fetch_add(records, Ordering::Relaxed);
+        self.inner.durable_lsn.store(lsn, Ordering::Release);
+        self.inner.watch.send_modify(|s| s.lsn = lsn);
+    }
+
+    fn fail(&self) {
+        self.inner.failed.store(true, Ordering::Release);
+        self.inner.watch.send_modify(|s| s.failed = true);
+    }
+}
+
+/// Handle for appending records. Cheap to clone; every actor holds one.
+#[derive(Clone)]
+pub struct Log {
+    shared: Arc<LogShared>,
+}
+
+struct LogShared {
+    tx: Sender<Pending>,
+    /// Held while a number is taken and the record enqueued, so LSN order is channel order.
+    next_lsn: Mutex<Lsn>,
+    durability: Durability,
+}
+
+/// Called once, from the writer thread, when the log has failed for good.
+pub type FatalHook = Box<dyn FnOnce(String) + Send>;
+
+impl Log {
+    /// Starts the writer thread, appending to `last` (from replay) or a new first segment.
+    pub fn start(
+        config: LogConfig,
+        last: Option<(u64, PathBuf, u64)>,
+        ledger: Arc<RwLock<Ledger>>,
+        on_fatal: FatalHook,
+    ) -> Result<Log, WalError> {
+        let (index, path, file, len) = match last {
+            Some((index, path, len)) => {
+                let file = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&path)
+                    .map_err(|e| WalError::io("cannot open log segment for appending", &path, e))?;
+                (index, path, file, len)
+            }
+            None => {
+                let (file, path) = segment::create(&config.dir, 1)?;
+                (1, path, file, segment::HEADER_BYTES as u64)
+            }
+        };
+        let (tx, rx) = crossbeam_channel::bounded(config.channel_capacity);
+        let durability = Durability::new(0);
+        let writer = Writer {
+            config,
+            index,
+            path,
+            file,
+            len,
+            ledger,
+            durability: durability.clone(),
+        };
+        std::thread::Builder::new()
+            .name("stockd-log".into())
+            .spawn(move || writer.run(rx, on_fatal))
+            .map_err(|e| WalError::io("cannot start the log writer thread", "", e))?;
+        Ok(Log {
+            shared: Arc::new(LogShared {
+                tx,
+                next_lsn: Mutex::new(0),
+                durability,
+            }),
+        })
+    }
+
+    /// Encodes the record and queues it. Never blocks: a full queue is `Overloaded`.
+    pub fn append(&self, record: Record) -> Result<Lsn, AppendError> {
+        if self.shared.durability.is_failed() {
+            return Err(AppendError::Unavailable);
+        }
+        let mut frame = Vec::with_capacity(128);
+        if let Err(e) = encode_record(&record, &mut frame) {
+            // Our own types always encode; failing here is a bug, not an operating condition.
+            panic!("record failed to encode: {e}");
+        }
+        let mut next = self.shared.next_lsn.lock();
+        let lsn = *next + 1;
+        match self.shared.tx.try_send(Pending { lsn, frame, record }) {
+            Ok(()) => {
+                *next = lsn;
+                Ok(lsn)
+            }
+            Err(TrySendError::Full(_)) => Err(AppendError::Overloaded),
+            Err(TrySendError::Disconnected(_)) => Err(AppendError::Unavailable),
+        }
+    }
+
+    pub fn durability(&self) -> &Durability {
+        &self.shared.durability
+    }
+
+    /// The LSN of the last record handed to the writer.
+    pub fn last_lsn(&self) -> Lsn {
+        *self.shared.next_lsn.lock()
+    }
+
+    /// Waits until everything appended so far is durable (shutdown, startup).
+    pub async fn flush(&self) -> Result<(), AppendError> {
+        let lsn = self.last_lsn();
+        self.shared.durability.wait(lsn).await
+    }
+}
+
+struct Writer {
+    config: LogConfig,
+    index: u64,
+    path: PathBuf,
+    file: File,
+    len: u64,
+    ledger: Arc<RwLock<Ledger>>,
+    durability: Durability,
+}
+
+impl Writer {
+    fn run(mut self, rx: Receiver<Pending>, on_fatal: FatalHook) {
+        let mut batch: Vec<Pending> = Vec::with_capacity(1024);
+        let mut buf: Vec<u8> = Vec::with_capacity(self.config.batch_max_bytes);
+        // Ends when every Log handle is dropped and the queue is drained.
+        while let Ok(first) = rx.recv() {
+            buf.clear();
+            buf.extend_from_slice(&first.frame);
+            batch.push(first);
+            while buf.len() < self.config.batch_max_bytes {
+                match rx.try_recv() {
+                    Ok(p) => {
+                        buf.extend_from_slice(&p.frame);
+                        batch.push(p);
+                    }
+                    Err(_) => break,
+                }
+            }
+            if let Err(e) = self.write_batch(&buf) {
+                self.durability.fail();
+                let message = describe_failure(&e);
+                tracing::error!("{message}");
+                on_fatal(message);
+                return;
+            }
+            let last_lsn = batch.last().map(|p| p.lsn).unwrap_or(0);
+            let records = batch.len() as u64;
+            {
+                let mut ledger = self.ledger.write();
+                for p in batch.drain(..) {
+                    if let Err(e) = ledger.apply(&p.record) {
+                        // The actors decided this change against the same counts: a broken invariant.
+                        panic!("durable record {} contradicts the ledger: {e}", p.lsn);
+                    }
+                }
+            }
+            self.durability.publish(last_lsn, records);
+        }
+    }
+
+    fn write_batch(&mut self, buf: &[u8]) -> Result<(), WalError> {
+        let header = segment::HEADER_BYTES as u64;
+        if self.len > header && self.len + buf.len() as u64 > self.config.segment_size_bytes {
+            let (file, path) = segment::create(&self.config.dir, self.index + 1)?;
+            self.index += 1;
+            self.file = file;
+            self.path = path;
+            self.len = header;
+        }
+        if let Err(e) = self.file.write_all(buf) {
+            // Leave no half-written frame behind if we can; replay would cut it anyway.
+            let _ = self.file.set_len(self.len);
+            return Err(WalError::io("cannot write to log segment", &self.path, e));
+        }
+        self.file
+            .sync_data()
+            .map_err(|e| WalError::io("cannot fdatasync log segment", &self.path, e))?;
+        self.len += buf.len() as u64;
+        Ok(())
+    }
+}
+
+fn describe_failure(e: &WalError) -> String {
+    let disk_full = matches!(e, WalError::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull);
+    if disk_full {
+        format!(
+            "log write failed, disk full: {e}. Nothing further is acknowledged; stockd exits. \
+             Free space on the data directory's file system and restart: replay keeps every \
+             acknowledged change."
+        )
+    } else {
+        format!(
+            "log write failed: {e}. Nothing further is acknowledged; stockd exits (a failed fsync \
+             cannot be retried safely). Check the disk, then restart: replay keeps every \
+             acknowledged change."
+        )
+    }
+}

@@ -1,0 +1,197 @@
+//! Test harness: the real `stockd` binary as a child process on 127.0.0.1 (port 0), with a
+//! real data directory, talked to over real HTTP.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_stockd");
+
+pub struct Server {
+    child: Option<Child>,
+    pub base: String,
+    pub data_dir: PathBuf,
+    pub stderr_path: PathBuf,
+    pub client: reqwest::Client,
+}
+
+/// Starts stockd on `data_dir`; `Err(stderr)` if it exits instead of listening.
+pub fn try_start(data_dir: &Path) -> Result<Server, String> {
+    try_start_with(data_dir, &[])
+}
+
+pub fn try_start_with(data_dir: &Path, extra: &[&str]) -> Result<Server, String> {
+    let stderr_path = data_dir.with_extension(format!("stderr.{}", rand::random::<u32>()));
+    let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(stderr))
+        .spawn()
+        .expect("spawn stockd");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read stdout");
+    let Some(addr) = line.trim().strip_prefix("stockd listening on ") else {
+        let _ = child.wait();
+        return Err(std::fs::read_to_string(&stderr_path).unwrap_or_default());
+    };
+    Ok(Server {
+        child: Some(child),
+        base: addr.to_string(),
+        data_dir: data_dir.to_path_buf(),
+        stderr_path,
+        client: reqwest::Client::builder()
+            .pool_max_idle_per_host(1024)
+            .build()
+            .expect("client"),
+    })
+}
+
+pub fn start(data_dir: &Path) -> Server {
+    try_start(data_dir).unwrap_or_else(|stderr| panic!("stockd did not start: {stderr}"))
+}
+
+impl Server {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// `kill -9`: no chance to flush or clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success());
+        child.wait().expect("wait")
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let r = self.client.get(self.url(path)).send().await.expect("GET");
+        decode(r).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        let r = self
+            .client
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .expect("POST");
+        decode(r).await
+    }
+
+    pub async fn put(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        let r = self
+            .client
+            .put(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .expect("PUT");
+        decode(r).await
+    }
+
+    /// Creates a product with `on_hand` units.
+    pub async fn product(&self, sku: &str, on_hand: u64) -> Value {
+        let (status, body) = self
+            .put(
+                &format!("/v1/products/{sku}"),
+                json!({ "on_hand": on_hand }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body
+    }
+
+    pub async fn product_state(&self, sku: &str) -> Value {
+        let (status, body) = self.get(&format!("/v1/products/{sku}")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body
+    }
+
+    pub async fn reserve(&self, items: &[(&str, u64)], ttl_seconds: u64) -> (StatusCode, Value) {
+        let items: Vec<Value> = items
+            .iter()
+            .map(|(s, q)| json!({"sku": s, "quantity": q}))
+            .collect();
+        self.post(
+            "/v1/reservations",
+            json!({ "items": items, "ttl_seconds": ttl_seconds }),
+        )
+        .await
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub async fn decode(r: reqwest::Response) -> (StatusCode, Value) {
+    let status = r.status();
+    let problem = r.headers().get("content-type").is_some_and(|v| {
+        v.to_str()
+            .unwrap_or("")
+            .starts_with("application/problem+json")
+    });
+    let text = r.text().await.expect("body");
+    let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    if !status.is_success() {
+        assert!(problem, "error {status} without problem+json: {value}");
+        assert_eq!(
+            value["status"].as_u64(),
+            Some(status.as_u16() as u64),
+            "{value}"
+        );
+        assert!(
+            value["code"].is_string() && value["title"].is_string() && value["detail"].is_string()
+        );
+    }
+    (status, value)
+}
+
+pub fn run_cli(args: &[&str], data_dir: &Path) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .output()
+        .expect("run stockd")
+}
+
+/// Segment files in order.
+pub fn segments(data_dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(data_dir)
+        .expect("data dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    files.sort();
+    files
+}

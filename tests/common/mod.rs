@@ -27,8 +27,15 @@ pub fn try_start(data_dir: &Path) -> Result<Server, String> {
 pub fn try_start_with(data_dir: &Path, extra: &[&str]) -> Result<Server, String> {
     let stderr_path = data_dir.with_extension(format!("stderr.{}", rand::random::<u32>()));
     let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+    let listen: &[&str] = if extra.contains(&"--listen") {
+        &[]
+    } else {
+        &["--listen", "127.0.0.1:0"]
+    };
     let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg("serve")
+        .args(listen)
+        .arg("--data-dir")
         .arg(data_dir)
         .args(extra)
         .env("RUST_LOG", "warn")

@@ -152,14 +152,6 @@ pub struct ProductOp {
     pub at_ms: i64,
 }
 
-/// Which kind of thing an operation id names, and the request fingerprint it was made with.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum IdKind {
-    Reservation { home: Sku },
-    Sale,
-    ProductOp,
-}
-
 #[derive(Debug, Default)]
 pub struct Ledger {
     products: BTreeMap<Sku, Product>,
@@ -667,23 +659,6 @@ impl Ledger {
 
     pub fn product_op(&self, id: &Uuid) -> Option<&ProductOp> {
         self.product_ops.get(id)
-    }
-
-    /// Every operation id the ledger remembers, for rebuilding the idempotency map at start.
-    pub fn operation_ids(&self) -> impl Iterator<Item = (Uuid, IdKind, u32)> + '_ {
-        let reservations = self.reservations.iter().map(|(id, r)| {
-            let home = home_of(&r.items).clone();
-            (*id, IdKind::Reservation { home }, r.fingerprint)
-        });
-        let sales = self
-            .sales
-            .iter()
-            .map(|(id, s)| (*id, IdKind::Sale, s.fingerprint));
-        let ops = self
-            .product_ops
-            .iter()
-            .map(|(id, o)| (*id, IdKind::ProductOp, o.fingerprint));
-        reservations.chain(sales).chain(ops)
     }
 
     pub fn available(&self, sku: &str) -> Option<u64> {

@@ -7,6 +7,7 @@
 //! which wakes every reply waiting for it. A write or sync error is fatal: nothing more is
 //! acknowledged and the server exits so a supervisor restarts it and replay decides.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
@@ -15,7 +16,7 @@ use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use parking_lot::{Mutex, RwLock};
-use tokio::sync::watch;
+use tokio::sync::oneshot;
 
 use super::frame::encode_record;
 use super::record::Record;
@@ -51,13 +52,10 @@ struct Pending {
     record: Record,
 }
 
-#[derive(Clone, Copy, Debug, Default)]
-struct DurableState {
-    lsn: Lsn,
-    failed: bool,
-}
-
 /// Durability watermark shared by the writer (publisher) and every waiting reply.
+///
+/// Waiters are kept ordered by the LSN they wait for, so an fsync wakes exactly the replies
+/// it made durable (a broadcast would wake all of them after every fsync, for nothing).
 #[derive(Clone)]
 pub struct Durability {
     inner: Arc<DurabilityInner>,
@@ -66,7 +64,7 @@ pub struct Durability {
 struct DurabilityInner {
     durable_lsn: AtomicU64,
     failed: AtomicBool,
-    watch: watch::Sender<DurableState>,
+    waiters: Mutex<BTreeMap<Lsn, Vec<oneshot::Sender<bool>>>>,
     /// Group-commit counters: records per fsync = records_synced / fsyncs.
     fsyncs: AtomicU64,
     records_synced: AtomicU64,
@@ -74,12 +72,11 @@ struct DurabilityInner {
 
 impl Durability {
     fn new(lsn: Lsn) -> Self {
-        let (watch, _) = watch::channel(DurableState { lsn, failed: false });
         Durability {
             inner: Arc::new(DurabilityInner {
                 durable_lsn: AtomicU64::new(lsn),
                 failed: AtomicBool::new(false),
-                watch,
+                waiters: Mutex::new(BTreeMap::new()),
                 fsyncs: AtomicU64::new(0),
                 records_synced: AtomicU64::new(0),
             }),
@@ -96,25 +93,22 @@ impl Durability {
 
     /// Resolves once every record up to `lsn` is fsynced; `Err` if the log failed first.
     pub async fn wait(&self, lsn: Lsn) -> Result<(), AppendError> {
-        if self.is_failed() {
-            return Err(AppendError::Unavailable);
-        }
-        if self.durable_lsn() >= lsn {
-            return Ok(());
-        }
-        let mut rx = self.inner.watch.subscribe();
-        let state = rx
-            .wait_for(|s| s.failed || s.lsn >= lsn)
-            .await
-            .map(|s| *s)
-            .unwrap_or(DurableState {
-                lsn: 0,
-                failed: true,
-            });
-        if state.failed {
-            Err(AppendError::Unavailable)
-        } else {
-            Ok(())
+        let rx = {
+            let mut waiters = self.inner.waiters.lock();
+            // Checked under the lock that `publish` and `fail` take: no wake-up can be missed.
+            if self.is_failed() {
+                return Err(AppendError::Unavailable);
+            }
+            if self.durable_lsn() >= lsn {
+                return Ok(());
+            }
+            let (tx, rx) = oneshot::channel();
+            waiters.entry(lsn).or_default().push(tx);
+            rx
+        };
+        match rx.await {
+            Ok(true) => Ok(()),
+            _ => Err(AppendError::Unavailable),
         }
     }
 
@@ -128,16 +122,27 @@ impl Durability {
 
     fn publish(&self, lsn: Lsn, records: u64) {
         self.inner.fsyncs.fetch_add(1, Ordering::Relaxed);
-        self.inner
-            .records_synced
-            .fetch_add(records, Ordering::Relaxed);
-        self.inner.durable_lsn.store(lsn, Ordering::Release);
-        self.inner.watch.send_modify(|s| s.lsn = lsn);
+        self.inner.records_synced.fetch_add(records, Ordering::Relaxed);
+        let ready = {
+            let mut waiters = self.inner.waiters.lock();
+            self.inner.durable_lsn.store(lsn, Ordering::Release);
+            let later = waiters.split_off(&(lsn + 1));
+            std::mem::replace(&mut *waiters, later)
+        };
+        for tx in ready.into_values().flatten() {
+            let _ = tx.send(true);
+        }
     }
 
     fn fail(&self) {
-        self.inner.failed.store(true, Ordering::Release);
-        self.inner.watch.send_modify(|s| s.failed = true);
+        let all = {
+            let mut waiters = self.inner.waiters.lock();
+            self.inner.failed.store(true, Ordering::Release);
+            std::mem::take(&mut *waiters)
+        };
+        for tx in all.into_values().flatten() {
+            let _ = tx.send(false);
+        }
     }
 }
 

@@ -45,7 +45,10 @@ fn hot_sku(c: &mut Criterion) {
             on_hand: Some(1_000_000_000_000),
             ..PutProduct::default()
         };
-        engine.put_product("bench", "HOT", product, None).await.expect("product");
+        engine
+            .put_product("bench", "HOT", product, None)
+            .await
+            .expect("product");
         engine
     });
 
@@ -55,30 +58,39 @@ fn hot_sku(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(8));
     for callers in [1usize, 64, 1024] {
         let (fsyncs_before, records_before) = engine.log_counters();
-        group.bench_with_input(BenchmarkId::from_parameter(callers), &callers, |b, &callers| {
-            b.iter_custom(|iters| {
-                let engine = engine.clone();
-                runtime.block_on(async move {
-                    let per_caller = (iters as usize).div_ceil(callers);
-                    let start = Instant::now();
-                    let tasks: Vec<_> = (0..callers)
-                        .map(|_| {
-                            let engine = engine.clone();
-                            tokio::spawn(async move {
-                                for _ in 0..per_caller {
-                                    engine.reserve("bench", reserve_request()).await.expect("reserve");
-                                }
+        group.bench_with_input(
+            BenchmarkId::from_parameter(callers),
+            &callers,
+            |b, &callers| {
+                b.iter_custom(|iters| {
+                    let engine = engine.clone();
+                    runtime.block_on(async move {
+                        let per_caller = (iters as usize).div_ceil(callers);
+                        let start = Instant::now();
+                        let tasks: Vec<_> = (0..callers)
+                            .map(|_| {
+                                let engine = engine.clone();
+                                tokio::spawn(async move {
+                                    for _ in 0..per_caller {
+                                        engine
+                                            .reserve("bench", reserve_request())
+                                            .await
+                                            .expect("reserve");
+                                    }
+                                })
                             })
-                        })
-                        .collect();
-                    for t in tasks {
-                        t.await.expect("task");
-                    }
-                    // Time per reserve, as if exactly `iters` were done.
-                    start.elapsed().mul_f64(iters as f64 / (per_caller * callers) as f64)
+                            .collect();
+                        for t in tasks {
+                            t.await.expect("task");
+                        }
+                        // Time per reserve, as if exactly `iters` were done.
+                        start
+                            .elapsed()
+                            .mul_f64(iters as f64 / (per_caller * callers) as f64)
+                    })
                 })
-            })
-        });
+            },
+        );
         let (fsyncs, records) = engine.log_counters();
         let ratio = (records - records_before) as f64 / (fsyncs - fsyncs_before).max(1) as f64;
         eprintln!("durable_reserve_hot_sku/{callers}: {ratio:.1} records per fsync");

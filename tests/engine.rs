@@ -38,7 +38,11 @@ fn reserve(sku: &str, quantity: u64, ttl_seconds: u64) -> Reserve {
 }
 
 fn open(config: &EngineConfig, clock: Arc<ShiftedClock>) -> (tokio::runtime::Runtime, Engine) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let (engine, _) = rt
         .block_on(Engine::open(config, clock, Box::new(|m| panic!("{m}"))))
         .expect("open");
@@ -109,7 +113,8 @@ fn every_acknowledged_reserve_is_already_in_the_segment_files() {
                     // Acknowledged: the record must be readable from disk right now.
                     let mut found = false;
                     replay(&data_dir, Mode::ReadOnly, |record, _| {
-                        found |= record.op_id == r.id && matches!(record.event, Event::Reserved { .. });
+                        found |=
+                            record.op_id == r.id && matches!(record.event, Event::Reserved { .. });
                         Ok(())
                     })
                     .unwrap();

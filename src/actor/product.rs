@@ -281,36 +281,51 @@ impl ProductActor {
             on_hand: m.on_hand,
             fingerprint: m.op.fingerprint,
         };
-        let result = self.append(m.op.op_id, m.op.actor, event).map(|lsn| {
+        self.log_on_hand(m.op, event, new_on_hand, m.reply);
+    }
+
+    /// The product exists and, if the client named a version, it is the current one.
+    fn gate(&self, if_match: Option<u64>) -> Result<(), Refusal> {
+        if !self.exists {
+            Err(Refusal::NotFound)
+        } else if self.if_match_fails(if_match) {
+            Err(Refusal::PreconditionFailed {
+                depends_on: self.last_lsn,
+            })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// on_hand raised by `by`, refused above the ceiling.
+    fn raised(&self, by: u64) -> Result<u64, Refusal> {
+        self.on_hand
+            .checked_add(by)
+            .filter(|v| *v <= ON_HAND_MAX)
+            .ok_or_else(|| Refusal::Conflict {
+                detail: format!("on_hand would exceed {ON_HAND_MAX}"),
+                depends_on: self.last_lsn,
+            })
+    }
+
+    /// Logs a change of on_hand, applies it, and answers.
+    fn log_on_hand(&mut self, op: OpCtx, event: Event, new_on_hand: u64, reply: Reply) {
+        let result = self.append(op.op_id, op.actor, event).map(|lsn| {
             self.exists = true;
             self.on_hand = new_on_hand;
             self.version += 1;
             Answer::Durable(lsn)
         });
-        let _ = m.reply.send(result);
+        let _ = reply.send(result);
     }
 
     fn add(&mut self, m: AddMsg) {
-        if !self.exists {
-            let _ = m.reply.send(Err(Refusal::NotFound));
-            return;
-        }
-        if self.if_match_fails(m.if_match) {
-            let _ = m.reply.send(Err(Refusal::PreconditionFailed {
-                depends_on: self.last_lsn,
-            }));
-            return;
-        }
-        let Some(new_on_hand) = self
-            .on_hand
-            .checked_add(m.quantity)
-            .filter(|v| *v <= ON_HAND_MAX)
-        else {
-            let _ = m.reply.send(Err(Refusal::Conflict {
-                detail: format!("on_hand would exceed {ON_HAND_MAX}"),
-                depends_on: self.last_lsn,
-            }));
-            return;
+        let new_on_hand = match self.gate(m.if_match).and_then(|_| self.raised(m.quantity)) {
+            Ok(v) => v,
+            Err(refusal) => {
+                let _ = m.reply.send(Err(refusal));
+                return;
+            }
         };
         let sku = self.sku.clone();
         let event = match m.change {
@@ -329,38 +344,20 @@ impl ProductActor {
                 fingerprint: m.op.fingerprint,
             },
         };
-        let result = self.append(m.op.op_id, m.op.actor, event).map(|lsn| {
-            self.on_hand = new_on_hand;
-            self.version += 1;
-            Answer::Durable(lsn)
-        });
-        let _ = m.reply.send(result);
+        self.log_on_hand(m.op, event, new_on_hand, m.reply);
     }
 
     fn adjust(&mut self, m: AdjustMsg) {
-        if !self.exists {
-            let _ = m.reply.send(Err(Refusal::NotFound));
-            return;
-        }
-        if self.if_match_fails(m.if_match) {
-            let _ = m.reply.send(Err(Refusal::PreconditionFailed {
-                depends_on: self.last_lsn,
-            }));
+        if let Err(refusal) = self.gate(m.if_match) {
+            let _ = m.reply.send(Err(refusal));
             return;
         }
         let magnitude = m.delta.unsigned_abs();
         let new_on_hand = if m.delta > 0 {
-            match self
-                .on_hand
-                .checked_add(magnitude)
-                .filter(|v| *v <= ON_HAND_MAX)
-            {
-                Some(v) => v,
-                None => {
-                    let _ = m.reply.send(Err(Refusal::Conflict {
-                        detail: format!("on_hand would exceed {ON_HAND_MAX}"),
-                        depends_on: self.last_lsn,
-                    }));
+            match self.raised(magnitude) {
+                Ok(v) => v,
+                Err(refusal) => {
+                    let _ = m.reply.send(Err(refusal));
                     return;
                 }
             }
@@ -388,12 +385,7 @@ impl ProductActor {
             note: m.note,
             fingerprint: m.op.fingerprint,
         };
-        let result = self.append(m.op.op_id, m.op.actor, event).map(|lsn| {
-            self.on_hand = new_on_hand;
-            self.version += 1;
-            Answer::Durable(lsn)
-        });
-        let _ = m.reply.send(result);
+        self.log_on_hand(m.op, event, new_on_hand, m.reply);
     }
 
     fn own_quantity(&self, items: &[Item]) -> u64 {

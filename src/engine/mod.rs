@@ -656,7 +656,7 @@ impl Engine {
                 self.stock_report(&items, Some((&home, None))),
             ));
         };
-        let answer = Self::ask(&home_tx, |reply| {
+        let finish = |reply| {
             Msg::Finish(FinishMsg {
                 op,
                 items: items.clone(),
@@ -664,17 +664,30 @@ impl Engine {
                 reference,
                 reply,
             })
-        })
-        .await;
-        match answer {
+        };
+        match Self::finish_at_home(&home_tx, finish, &granted, key).await {
+            Ok(lsn) => Ok(lsn),
+            Err(refusal) => Err(self.item_refusal(&items, &home, refusal).await),
+        }
+    }
+
+    /// The last step of a multi-item operation: the home actor logs the one record; then the
+    /// other actors' tentative holds are committed at its LSN, or aborted if it refused.
+    async fn finish_at_home(
+        home_tx: &mpsc::Sender<Msg>,
+        make: impl FnOnce(Reply) -> Msg,
+        granted: &[mpsc::Sender<Msg>],
+        key: Uuid,
+    ) -> Result<Lsn, Refusal> {
+        match Self::ask(home_tx, make).await {
             Ok(Answer::Durable(lsn)) => {
-                Self::settle(&granted, key, Some(lsn)).await;
+                Self::settle(granted, key, Some(lsn)).await;
                 Ok(lsn)
             }
-            Ok(other) => unreachable!("finish answered {other:?}"),
+            Ok(other) => unreachable!("the home actor answered {other:?}"),
             Err(refusal) => {
-                Self::settle(&granted, key, None).await;
-                Err(self.item_refusal(&items, &home, refusal).await)
+                Self::settle(granted, key, None).await;
+                Err(refusal)
             }
         }
     }
@@ -845,7 +858,7 @@ impl Engine {
                 });
             }
         };
-        let answer = Self::ask(home_tx, |reply| {
+        let finish = |reply| {
             Msg::ReacquireFinish(ReacquireMsg {
                 id,
                 actor,
@@ -853,16 +866,10 @@ impl Engine {
                 reference,
                 reply,
             })
-        })
-        .await;
-        match answer {
-            Ok(Answer::Durable(lsn)) => {
-                Self::settle(&granted, key, Some(lsn)).await;
-                Ok(lsn)
-            }
-            Ok(other) => unreachable!("reacquire answered {other:?}"),
+        };
+        match Self::finish_at_home(home_tx, finish, &granted, key).await {
+            Ok(lsn) => Ok(lsn),
             Err(refusal) => {
-                Self::settle(&granted, key, None).await;
                 if matches!(refusal, Refusal::Overloaded) {
                     // Never reached the actor: it still marks the reservation busy.
                     let _ = home_tx.send(Msg::ReacquireAbort { id }).await;

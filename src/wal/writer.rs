@@ -122,7 +122,9 @@ impl Durability {
 
     fn publish(&self, lsn: Lsn, records: u64) {
         self.inner.fsyncs.fetch_add(1, Ordering::Relaxed);
-        self.inner.records_synced.fetch_add(records, Ordering::Relaxed);
+        self.inner
+            .records_synced
+            .fetch_add(records, Ordering::Relaxed);
         let ready = {
             let mut waiters = self.inner.waiters.lock();
             self.inner.durable_lsn.store(lsn, Ordering::Release);

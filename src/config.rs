@@ -47,9 +47,10 @@ pub struct ServerConfig {
     /// Requests being served at once; beyond it the server answers 503 with Retry-After.
     #[arg(long, env = "STOCKD_MAX_CONCURRENT_REQUESTS", default_value_t = 8192)]
     pub max_concurrent_requests: usize,
-    /// A request not answered within this time gets 503.
-    #[arg(long, env = "STOCKD_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
-    pub request_timeout_ms: u64,
+    /// File of tokens, one `name role secret` a line (roles: admin, checkout, read). Tokens may
+    /// also be given as STOCKD_TOKENS="name:role:secret,...". None: no auth, loopback only.
+    #[arg(long)]
+    pub tokens: Option<PathBuf>,
     #[command(flatten)]
     pub engine: EngineConfig,
 }

@@ -7,9 +7,11 @@
 //! - [`actor`]: one tokio task per product owning its live counts, holds and expiry timers.
 //! - [`engine`]: the operations (validation, idempotency, multi-item coordination, durability waits).
 //! - [`http`]: the axum front, a thin mapping onto the engine.
+//! - [`auth`]: bearer tokens and roles.
 //! - [`server`], [`cli`], [`config`], [`clock`]: process plumbing.
 
 pub mod actor;
+pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod config;

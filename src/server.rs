@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::auth::Tokens;
 use crate::clock::SystemClock;
 use crate::config::ServerConfig;
 use crate::engine::Engine;
@@ -19,9 +20,12 @@ const DRAIN_TIMEOUT_MS: u64 = 10_000;
 pub enum ServeError {
     #[error(
         "refusing to listen on {0}: no tokens are configured, so stockd only listens on a loopback \
-         address (127.0.0.1 or ::1). Use --listen 127.0.0.1:PORT"
+         address (127.0.0.1 or ::1). Use --listen 127.0.0.1:PORT, or configure tokens \
+         (--tokens FILE or STOCKD_TOKENS) so that requests must authenticate"
     )]
     NotLoopback(std::net::SocketAddr),
+    #[error("invalid token configuration: {0}")]
+    Tokens(String),
     #[error("{0}")]
     Log(#[from] crate::wal::WalError),
     #[error(
@@ -38,8 +42,22 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
 }
 
+/// Tokens from `--tokens FILE` and `STOCKD_TOKENS`, both optional.
+fn load_tokens(config: &ServerConfig) -> Result<Tokens, ServeError> {
+    let from_file = match &config.tokens {
+        Some(path) => Tokens::parse_file(path).map_err(ServeError::Tokens)?,
+        None => Tokens::default(),
+    };
+    let from_env = match std::env::var("STOCKD_TOKENS") {
+        Ok(list) => Tokens::parse_list(&list).map_err(ServeError::Tokens)?,
+        Err(_) => Tokens::default(),
+    };
+    from_file.merge(from_env).map_err(ServeError::Tokens)
+}
+
 pub async fn serve(config: ServerConfig) -> Result<(), ServeError> {
-    if !config.listen.ip().is_loopback() {
+    let tokens = load_tokens(&config)?;
+    if tokens.is_empty() && !config.listen.ip().is_loopback() {
         return Err(ServeError::NotLoopback(config.listen));
     }
     let (fatal_tx, mut fatal_rx) = watch::channel::<Option<String>>(None);
@@ -63,14 +81,21 @@ pub async fn serve(config: ServerConfig) -> Result<(), ServeError> {
             source,
         })?;
     let addr = listener.local_addr()?;
-    tracing::info!("no tokens configured: requests need no auth, listening on loopback only");
+    if tokens.is_empty() {
+        tracing::info!("no tokens configured: requests need no auth, listening on loopback only");
+    } else {
+        tracing::info!(
+            "{} tokens configured: every request but /healthz and /readyz needs one",
+            tokens.len()
+        );
+    }
     {
         let mut stdout = std::io::stdout().lock();
         let _ = writeln!(stdout, "stockd listening on http://{addr}");
         let _ = stdout.flush();
     }
 
-    let app = crate::http::router(engine.clone(), config.max_concurrent_requests);
+    let app = crate::http::router(engine.clone(), config.max_concurrent_requests, tokens);
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         let _ = stop_rx.wait_for(|stop| *stop).await;

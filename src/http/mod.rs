@@ -1,5 +1,6 @@
 //! The HTTP front (axum): thin handlers that validate, call the engine, and map its errors to
-//! problem+json. A concurrency limit sheds load with 503 + Retry-After instead of queueing.
+//! problem+json. Every route but the probes needs a token of the right role (when tokens are
+//! configured). A concurrency limit sheds load with 503 + Retry-After instead of queueing.
 
 pub mod error;
 pub mod extract;
@@ -9,34 +10,33 @@ pub mod sales;
 
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
-use axum::http::StatusCode;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use tokio::sync::Semaphore;
 
+use crate::auth::{AuthError, Role, Tokens};
 use crate::engine::Engine;
 use error::ApiError;
-
-/// Recorded as the `actor` of every change until tokens and roles exist.
-pub const ANONYMOUS: &str = "anonymous";
 
 #[derive(Clone)]
 pub struct AppState {
     pub engine: Engine,
     in_flight: Arc<Semaphore>,
+    tokens: Arc<Tokens>,
 }
 
-pub fn router(engine: Engine, max_concurrent_requests: usize) -> Router {
+pub fn router(engine: Engine, max_concurrent_requests: usize, tokens: Tokens) -> Router {
     let state = AppState {
         engine,
         in_flight: Arc::new(Semaphore::new(max_concurrent_requests)),
+        tokens: Arc::new(tokens),
     };
     Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
         .route("/v1/products", get(products::list))
         .route("/v1/products/{sku}", get(products::get).put(products::put))
         .route("/v1/products/{sku}/restock", post(products::restock))
@@ -54,6 +54,9 @@ pub fn router(engine: Engine, max_concurrent_requests: usize) -> Router {
         .route("/v1/reservations/{id}/extend", post(reservations::extend))
         .route("/v1/sales", post(sales::create))
         .route("/v1/sales/{id}", get(sales::get))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), shed_load))
@@ -65,6 +68,58 @@ async fn shed_load(State(state): State<AppState>, request: Request, next: Next) 
     match state.in_flight.clone().try_acquire_owned() {
         Ok(_permit) => next.run(request).await,
         Err(_) => ApiError::overloaded().into_response(),
+    }
+}
+
+/// The role a route needs: reads need `read`; product definitions and stock corrections need
+/// `admin`; everything a checkout does (availability, reservations, sales, returns) `checkout`.
+fn required_role(method: &Method, route: &str) -> Role {
+    if method == Method::GET {
+        return Role::Read;
+    }
+    match route {
+        "/v1/products/{sku}" | "/v1/products/{sku}/restock" | "/v1/products/{sku}/adjust" => {
+            Role::Admin
+        }
+        _ => Role::Checkout,
+    }
+}
+
+/// Authenticates the bearer token and checks its role before the request body is even read;
+/// the caller (token name) is handed to the handler for the audit trail.
+async fn authorize(
+    State(state): State<AppState>,
+    route: MatchedPath,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let required = required_role(request.method(), route.as_str());
+    let header = request.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
+    match state.tokens.authorize(header, required) {
+        Ok(caller) => {
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+        Err(AuthError::Unauthorized) => {
+            let mut response = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "Unauthorized",
+                "send a valid token as Authorization: Bearer <token>",
+            )
+            .into_response();
+            response
+                .headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response
+        }
+        Err(AuthError::Forbidden { name }) => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "Forbidden",
+            format!("token {name} may not do this: it needs the {required:?} role"),
+        )
+        .into_response(),
     }
 }
 

@@ -3,11 +3,13 @@
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use serde::Deserialize;
 
 use super::error::ApiError;
 use super::extract::{if_match, Json, Path, Query};
-use super::{AppState, ANONYMOUS};
+use super::AppState;
+use crate::auth::Caller;
 use crate::domain::limits::{
     HISTORY_PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX, PRODUCTS_PAGE_LIMIT_DEFAULT,
 };
@@ -26,6 +28,7 @@ pub fn product_response(status: StatusCode, product: &ProductView) -> Response {
 
 pub async fn put(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(sku): Path<String>,
     headers: HeaderMap,
     Json(body): Json<requests::PutProduct>,
@@ -33,7 +36,7 @@ pub async fn put(
     let if_match = if_match(&headers)?;
     let answer = state
         .engine
-        .put_product(ANONYMOUS, &sku, body, if_match)
+        .put_product(&caller.name, &sku, body, if_match)
         .await?;
     let status = if answer.created {
         StatusCode::CREATED
@@ -95,6 +98,7 @@ pub async fn list(
 
 pub async fn restock(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(sku): Path<String>,
     headers: HeaderMap,
     Json(body): Json<requests::QuantityChange>,
@@ -102,28 +106,33 @@ pub async fn restock(
     let if_match = if_match(&headers)?;
     let product = state
         .engine
-        .restock(ANONYMOUS, &sku, body, if_match)
+        .restock(&caller.name, &sku, body, if_match)
         .await?;
     Ok(product_response(StatusCode::OK, &product))
 }
 
 pub async fn adjust(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(sku): Path<String>,
     headers: HeaderMap,
     Json(body): Json<requests::Adjust>,
 ) -> Result<Response, ApiError> {
     let if_match = if_match(&headers)?;
-    let product = state.engine.adjust(ANONYMOUS, &sku, body, if_match).await?;
+    let product = state
+        .engine
+        .adjust(&caller.name, &sku, body, if_match)
+        .await?;
     Ok(product_response(StatusCode::OK, &product))
 }
 
 pub async fn returns(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(sku): Path<String>,
     Json(body): Json<requests::QuantityChange>,
 ) -> Result<Response, ApiError> {
-    let product = state.engine.record_return(ANONYMOUS, &sku, body).await?;
+    let product = state.engine.record_return(&caller.name, &sku, body).await?;
     Ok(product_response(StatusCode::OK, &product))
 }
 

@@ -3,17 +3,20 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 
 use super::error::ApiError;
 use super::extract::{parse_uuid, Json, Path};
-use super::{AppState, ANONYMOUS};
+use super::AppState;
+use crate::auth::Caller;
 use crate::engine::requests;
 
 pub async fn create(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Json(body): Json<requests::Sale>,
 ) -> Result<Response, ApiError> {
-    let sale = state.engine.sell(ANONYMOUS, body).await?;
+    let sale = state.engine.sell(&caller.name, body).await?;
     Ok((StatusCode::CREATED, axum::Json(sale)).into_response())
 }
 

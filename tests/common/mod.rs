@@ -25,6 +25,14 @@ pub fn try_start(data_dir: &Path) -> Result<Server, String> {
 }
 
 pub fn try_start_with(data_dir: &Path, extra: &[&str]) -> Result<Server, String> {
+    try_start_env(data_dir, extra, &[])
+}
+
+pub fn try_start_env(
+    data_dir: &Path,
+    extra: &[&str],
+    envs: &[(&str, &str)],
+) -> Result<Server, String> {
     let stderr_path = data_dir.with_extension(format!("stderr.{}", rand::random::<u32>()));
     let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
     let listen: &[&str] = if extra.contains(&"--listen") {
@@ -38,7 +46,8 @@ pub fn try_start_with(data_dir: &Path, extra: &[&str]) -> Result<Server, String>
         .arg("--data-dir")
         .arg(data_dir)
         .args(extra)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "info")
+        .envs(envs.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(stderr))
         .spawn()

@@ -28,6 +28,7 @@ use crate::ledger::{
     home_of, Action, HistoryView, ItemReport, Ledger, ProductView, ReservationView, SaleView,
 };
 use crate::wal::replay::{self, Mode, ReplayOutcome};
+use crate::wal::storage::{Disk, Storage};
 use crate::wal::{writer::FatalHook, Log, LogConfig, Lsn, WalError};
 use requests::fingerprint;
 
@@ -112,6 +113,16 @@ impl Engine {
         clock: Arc<dyn Clock>,
         on_fatal: FatalHook,
     ) -> Result<(Engine, Startup), WalError> {
+        Self::open_with_storage(config, clock, Arc::new(Disk), on_fatal).await
+    }
+
+    /// [`Engine::open`] over a given file layer (fault-injection tests).
+    pub async fn open_with_storage(
+        config: &EngineConfig,
+        clock: Arc<dyn Clock>,
+        storage: Arc<dyn Storage>,
+        on_fatal: FatalHook,
+    ) -> Result<(Engine, Startup), WalError> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| WalError::io("cannot create data directory", &config.data_dir, e))?;
         let mut ledger = Ledger::new();
@@ -144,6 +155,7 @@ impl Engine {
                 segment_size_bytes: config.segment_size_bytes,
                 channel_capacity: config.log_channel_capacity,
                 batch_max_bytes: config.log_batch_max_bytes,
+                storage,
             },
             outcome.last.clone(),
             ledger.clone(),

@@ -8,6 +8,7 @@ pub mod frame;
 pub mod record;
 pub mod replay;
 pub mod segment;
+pub mod storage;
 pub mod writer;
 
 pub use record::{Event, Record};

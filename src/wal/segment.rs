@@ -1,9 +1,9 @@
 //! Segment files: `NNNNNNNNNNNNNNNN.log` in the data directory, each starting with a 16-byte
 //! header (magic, format version) so a stray or foreign file is refused, not misread.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
+
+use super::storage::{Disk, SegmentFile, Storage};
 
 use super::WalError;
 
@@ -65,25 +65,28 @@ pub fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>, WalError> {
     Ok(segments)
 }
 
-/// Creates a new segment with its header, fsyncs it and the directory (so the new name
+/// Creates a new segment with its header, syncs it and the directory (so the new name
 /// itself survives a crash), and returns it open for appending.
-pub fn create(dir: &Path, index: u64) -> Result<(File, PathBuf), WalError> {
+pub fn create(
+    storage: &dyn Storage,
+    dir: &Path,
+    index: u64,
+) -> Result<(Box<dyn SegmentFile>, PathBuf), WalError> {
     let path = dir.join(file_name(index));
-    let mut file = OpenOptions::new()
-        .create_new(true)
-        .write(true)
-        .open(&path)
+    let mut file = storage
+        .create(&path)
         .map_err(|e| WalError::io("cannot create log segment", &path, e))?;
     file.write_all(&header())
         .map_err(|e| WalError::io("cannot write log segment header", &path, e))?;
-    file.sync_all()
+    file.sync_data()
         .map_err(|e| WalError::io("cannot fsync log segment", &path, e))?;
-    sync_dir(dir)?;
+    storage
+        .sync_dir(dir)
+        .map_err(|e| WalError::io("cannot fsync data directory", dir, e))?;
     Ok((file, path))
 }
 
 pub fn sync_dir(dir: &Path) -> Result<(), WalError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
+    Disk.sync_dir(dir)
         .map_err(|e| WalError::io("cannot fsync data directory", dir, e))
 }

@@ -8,8 +8,6 @@
 //! acknowledged and the server exits so a supervisor restarts it and replay decides.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,13 +19,14 @@ use tokio::sync::oneshot;
 use super::frame::encode_record;
 use super::record::Record;
 use super::segment;
+use super::storage::{SegmentFile, Storage};
 use super::WalError;
 use crate::ledger::Ledger;
 
 /// Log sequence number: the order in which records were handed to the writer (in memory only).
 pub type Lsn = u64;
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct LogConfig {
     pub dir: PathBuf,
     /// A segment is closed and a new one started once it reaches this size.
@@ -36,6 +35,8 @@ pub struct LogConfig {
     pub channel_capacity: usize,
     /// Upper bound on one batch (one write + one fdatasync).
     pub batch_max_bytes: usize,
+    /// The file layer ([`Disk`](super::storage::Disk) but in fault-injection tests).
+    pub storage: Arc<dyn Storage>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -174,14 +175,14 @@ impl Log {
     ) -> Result<Log, WalError> {
         let (index, path, file, len) = match last {
             Some((index, path, len)) => {
-                let file = std::fs::OpenOptions::new()
-                    .append(true)
-                    .open(&path)
+                let file = config
+                    .storage
+                    .open_append(&path)
                     .map_err(|e| WalError::io("cannot open log segment for appending", &path, e))?;
                 (index, path, file, len)
             }
             None => {
-                let (file, path) = segment::create(&config.dir, 1)?;
+                let (file, path) = segment::create(config.storage.as_ref(), &config.dir, 1)?;
                 (1, path, file, segment::HEADER_BYTES as u64)
             }
         };
@@ -251,7 +252,7 @@ struct Writer {
     config: LogConfig,
     index: u64,
     path: PathBuf,
-    file: File,
+    file: Box<dyn SegmentFile>,
     len: u64,
     ledger: Arc<RwLock<Ledger>>,
     durability: Durability,
@@ -300,7 +301,11 @@ impl Writer {
     fn write_batch(&mut self, buf: &[u8]) -> Result<(), WalError> {
         let header = segment::HEADER_BYTES as u64;
         if self.len > header && self.len + buf.len() as u64 > self.config.segment_size_bytes {
-            let (file, path) = segment::create(&self.config.dir, self.index + 1)?;
+            let (file, path) = segment::create(
+                self.config.storage.as_ref(),
+                &self.config.dir,
+                self.index + 1,
+            )?;
             self.index += 1;
             self.file = file;
             self.path = path;

@@ -1,0 +1,306 @@
+//! Faults in the file layer: a failed fdatasync or write acknowledges nothing of its batch,
+//! stops the log for good, and a restart is clean; a real full disk (a small tmpfs) makes the
+//! server answer 503 and exit non-zero, and after space is freed it restarts with everything
+//! it acknowledged.
+
+mod common;
+
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use reqwest::StatusCode;
+use stockd::clock::SystemClock;
+use stockd::config::EngineConfig;
+use stockd::engine::requests::{ItemRequest, PutProduct, Reserve};
+use stockd::engine::{Engine, EngineError};
+use stockd::wal::storage::{Disk, SegmentFile, Storage};
+
+/// Disk, but a test can make the next fdatasync fail, or writes run out of space halfway.
+#[derive(Default)]
+struct Faulty {
+    fail_sync: Arc<AtomicBool>,
+    fail_write: Arc<AtomicBool>,
+}
+
+struct FaultyFile {
+    inner: Box<dyn SegmentFile>,
+    fail_sync: Arc<AtomicBool>,
+    fail_write: Arc<AtomicBool>,
+}
+
+impl SegmentFile for FaultyFile {
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        if self.fail_write.load(Ordering::SeqCst) {
+            // Half the batch reaches the file, then the disk is full.
+            self.inner.write_all(&buf[..buf.len() / 2])?;
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                "No space left on device (injected)",
+            ));
+        }
+        self.inner.write_all(buf)
+    }
+
+    fn sync_data(&mut self) -> io::Result<()> {
+        if self.fail_sync.load(Ordering::SeqCst) {
+            return Err(io::Error::other(
+                "Input/output error (injected fdatasync failure)",
+            ));
+        }
+        self.inner.sync_data()
+    }
+
+    fn set_len(&mut self, len: u64) -> io::Result<()> {
+        self.inner.set_len(len)
+    }
+}
+
+impl Storage for Faulty {
+    fn create(&self, path: &Path) -> io::Result<Box<dyn SegmentFile>> {
+        self.wrap(Disk.create(path)?)
+    }
+
+    fn open_append(&self, path: &Path) -> io::Result<Box<dyn SegmentFile>> {
+        self.wrap(Disk.open_append(path)?)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        Disk.sync_dir(dir)
+    }
+}
+
+impl Faulty {
+    fn wrap(&self, inner: Box<dyn SegmentFile>) -> io::Result<Box<dyn SegmentFile>> {
+        Ok(Box::new(FaultyFile {
+            inner,
+            fail_sync: self.fail_sync.clone(),
+            fail_write: self.fail_write.clone(),
+        }))
+    }
+}
+
+fn reserve_one() -> Reserve {
+    Reserve {
+        id: None,
+        items: vec![ItemRequest {
+            sku: "F".into(),
+            quantity: 1,
+        }],
+        ttl_seconds: Some(3600),
+        session_id: None,
+        user_id: None,
+        reference: None,
+        metadata: None,
+    }
+}
+
+/// Runs a batch of reserves through an engine whose file layer then fails as `arm` says.
+fn fail_then_restart(arm: impl FnOnce(&Faulty), expect_in_message: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = EngineConfig {
+        data_dir: dir.path().join("data"),
+        ..EngineConfig::default()
+    };
+    let faulty = Arc::new(Faulty::default());
+    let fatal = Arc::new(Mutex::new(None::<String>));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let fatal_hook = fatal.clone();
+    let (engine, _) = rt
+        .block_on(Engine::open_with_storage(
+            &config,
+            Arc::new(SystemClock),
+            faulty.clone(),
+            Box::new(move |m| *fatal_hook.lock().unwrap() = Some(m)),
+        ))
+        .unwrap();
+    let acked: Vec<uuid::Uuid> = rt.block_on(async {
+        let product = PutProduct {
+            on_hand: Some(1000),
+            ..PutProduct::default()
+        };
+        engine.put_product("t", "F", product, None).await.unwrap();
+        let mut acked = Vec::new();
+        for _ in 0..10 {
+            acked.push(engine.reserve("t", reserve_one()).await.unwrap().id);
+        }
+        acked
+    });
+    arm(&faulty);
+    rt.block_on(async {
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let engine = engine.clone();
+                tokio::spawn(async move { engine.reserve("t", reserve_one()).await })
+            })
+            .collect();
+        for t in tasks {
+            let result = t.await.unwrap();
+            assert!(
+                matches!(result, Err(EngineError::Unavailable)),
+                "acknowledged a write of a failed batch: {result:?}"
+            );
+        }
+        // The log is stopped for good: no retry of a failed fsync, nothing more acknowledged.
+        faulty.fail_sync.store(false, Ordering::SeqCst);
+        faulty.fail_write.store(false, Ordering::SeqCst);
+        assert!(matches!(
+            engine.reserve("t", reserve_one()).await,
+            Err(EngineError::Unavailable)
+        ));
+    });
+    assert!(engine.log_failed());
+    let message = fatal
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("the fatal hook was called");
+    assert!(
+        message.contains(expect_in_message) && message.contains("restart"),
+        "{message}"
+    );
+    drop(engine);
+    drop(rt);
+
+    // Restart on the real disk: clean, with every acknowledged reservation.
+    let verify = run_cli(&["verify"], &config.data_dir);
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (engine, startup) = rt
+        .block_on(Engine::open(
+            &config,
+            Arc::new(SystemClock),
+            Box::new(|m| panic!("{m}")),
+        ))
+        .unwrap();
+    // A failed write was cut back by the writer; a failed sync came after a whole write.
+    assert!(
+        startup.replay.torn_tail.is_none(),
+        "{:?}",
+        startup.replay.torn_tail
+    );
+    for id in &acked {
+        assert_eq!(
+            engine
+                .reservation(id)
+                .expect("acknowledged reservation lost")
+                .status,
+            "active"
+        );
+    }
+    assert!(engine.product("F").unwrap().reserved >= acked.len() as u64);
+    engine.check_invariants().unwrap();
+}
+
+#[test]
+fn failed_fdatasync_acknowledges_nothing_and_stops_the_log() {
+    fail_then_restart(|f| f.fail_sync.store(true, Ordering::SeqCst), "fdatasync");
+}
+
+#[test]
+fn failed_write_is_cut_back_and_reports_disk_full() {
+    // The half-written batch is cut off by the writer: replay finds no torn tail.
+    fail_then_restart(|f| f.fail_write.store(true, Ordering::SeqCst), "disk full");
+}
+
+/// A tmpfs mounted for the test, unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(path: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(path).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(path.to_path_buf()))
+    }
+
+    fn grow(&self, size: &str) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_disk_answers_503_exits_non_zero_and_restarts_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(fs) = Tmpfs::mount(&dir.path().join("small"), "128k") else {
+        // Mounting needs root (CI has it). Say so loudly rather than pass silently.
+        eprintln!("SKIPPED full_disk_answers_503...: cannot mount a tmpfs here (not root?)");
+        return;
+    };
+    let data = fs.0.join("data");
+    let mut s = start(&data);
+    s.product("D", 1_000_000).await;
+    let mut acked = Vec::new();
+    let refusal = loop {
+        let (st, body) = s.reserve(&[("D", 1)], 3600).await;
+        if st != StatusCode::CREATED {
+            break (st, body);
+        }
+        acked.push(body["id"].as_str().unwrap().to_string());
+        assert!(acked.len() < 100_000, "the disk never filled");
+    };
+    assert_eq!(
+        (refusal.0, refusal.1["code"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("unavailable")),
+        "{refusal:?}"
+    );
+    let status = s
+        .wait_exit(Duration::from_secs(20))
+        .expect("the server exits after a failed write");
+    assert!(!status.success(), "exit status {status:?}");
+    let stderr = s.stderr();
+    assert!(
+        stderr.contains("disk full") && stderr.contains("Free space"),
+        "{stderr}"
+    );
+
+    fs.grow("8m");
+    let out = run_cli(&["verify"], &data);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = start(&data);
+    for id in &acked {
+        assert_eq!(
+            s.get(&format!("/v1/reservations/{id}")).await.1["status"],
+            "active",
+            "acknowledged {id} lost"
+        );
+    }
+    assert_eq!(
+        s.product_state("D").await["reserved"].as_u64(),
+        Some(acked.len() as u64)
+    );
+    let (st, _) = s.reserve(&[("D", 1)], 3600).await;
+    assert_eq!(
+        st,
+        StatusCode::CREATED,
+        "writes work again once there is space"
+    );
+}

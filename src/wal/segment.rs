@@ -35,6 +35,10 @@ pub fn check_header(bytes: &[u8]) -> Result<(), String> {
             "segment format version {version}, this build reads version {FORMAT_VERSION}"
         ));
     }
+    // Reserved for later versions; anything but zeros here is damage, not data to ignore.
+    if bytes[12..HEADER_BYTES] != [0u8; 4] {
+        return Err("reserved header bytes are not zero".into());
+    }
     Ok(())
 }
 

@@ -11,8 +11,9 @@ pub use reservation::{ReleaseReason, ReservationStatus};
 pub use sku::Sku;
 
 /// One line of a multi-item operation: a SKU and how many units.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Item {
+    #[schema(value_type = String, example = "SHOE-42")]
     pub sku: Sku,
     pub quantity: u64,
 }

@@ -1,7 +1,9 @@
 //! Stock status of a product, derived from its counts. Kept pure so the ledger (reads) and
 //! the tests classify exactly alike.
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum StockStatus {
     InStock,

@@ -490,7 +490,7 @@ impl Engine {
     ) -> Result<ProductView, EngineError> {
         let sku = requests::parse_sku(sku)?;
         req.validate()?;
-        let fp = fingerprint(kind, sku.as_str(), &req);
+        let fp = requests::fingerprint_of(kind, sku.as_str(), &req);
         let tx = self.existing(&sku)?;
         let answer = self
             .product_op(
@@ -524,7 +524,7 @@ impl Engine {
     ) -> Result<ProductView, EngineError> {
         let sku = requests::parse_sku(sku)?;
         req.validate()?;
-        let fp = fingerprint("adjust", sku.as_str(), &req);
+        let fp = requests::fingerprint_of("adjust", sku.as_str(), &req);
         let tx = self.existing(&sku)?;
         let answer = self
             .product_op(
@@ -711,7 +711,7 @@ impl Engine {
         req: requests::Reserve,
     ) -> Result<ReservationView, EngineError> {
         let (items, metadata) = req.validate()?;
-        let fp = fingerprint("reserve", "", &req);
+        let fp = requests::fingerprint_of("reserve", "", &req);
         let (op_id, claim) = match req.id {
             Some(id) => match self.claim(id, OpKind::Reserve, fp)? {
                 Some(claim) => (id, Some(claim)),
@@ -752,7 +752,7 @@ impl Engine {
     pub async fn sell(&self, actor: &str, req: requests::Sale) -> Result<SaleView, EngineError> {
         let items = requests::parse_items(&req.items)?;
         requests::check_text("reference", &req.reference)?;
-        let fp = fingerprint("sale", "", &req);
+        let fp = requests::fingerprint_of("sale", "", &req);
         let (op_id, claim) = match req.id {
             Some(id) => match self.claim(id, OpKind::Sale, fp)? {
                 Some(claim) => (id, Some(claim)),

@@ -2,6 +2,7 @@
 //! the HTTP layer (which deserializes them) and by benches/tests that drive the engine directly.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::EngineError;
@@ -35,10 +36,12 @@ pub fn parse_sku(text: &str) -> Result<Sku, EngineError> {
     Sku::parse(text).map_err(|e| invalid(format!("sku {text:?}: {e}")))
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ItemRequest {
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$", example = "SHOE-42")]
     pub sku: String,
+    #[schema(minimum = 1, maximum = 1_000_000_000)]
     pub quantity: u64,
 }
 
@@ -66,11 +69,14 @@ pub fn parse_items(items: &[ItemRequest]) -> Result<Vec<Item>, EngineError> {
     Ok(out)
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PutProduct {
+    #[schema(max_length = 1024)]
     pub name: Option<String>,
+    #[schema(maximum = 1_000_000_000_000u64)]
     pub on_hand: Option<u64>,
+    #[schema(maximum = 1_000_000_000_000u64)]
     pub low_stock_threshold: Option<u64>,
 }
 
@@ -92,11 +98,13 @@ impl PutProduct {
 }
 
 /// Body of restock and returns.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QuantityChange {
-    #[serde(default, skip_serializing)]
+    /// Operation id for safe retries.
+    #[serde(default)]
     pub id: Option<Uuid>,
+    #[schema(minimum = 1, maximum = 1_000_000_000)]
     pub quantity: u64,
     pub reference: Option<String>,
     pub note: Option<String>,
@@ -110,12 +118,16 @@ impl QuantityChange {
     }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Adjust {
-    #[serde(default, skip_serializing)]
+    /// Operation id for safe retries.
+    #[serde(default)]
     pub id: Option<Uuid>,
+    /// Signed, non-zero, within ±10^9.
+    #[schema(minimum = -1_000_000_000, maximum = 1_000_000_000)]
     pub delta: i64,
+    #[schema(min_length = 1, max_length = 1024)]
     pub reason: String,
     pub reference: Option<String>,
     pub note: Option<String>,
@@ -137,16 +149,22 @@ impl Adjust {
     }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Reserve {
-    #[serde(default, skip_serializing)]
+    /// Operation id for safe retries.
+    #[serde(default)]
     pub id: Option<Uuid>,
+    #[schema(min_items = 1, max_items = 100)]
     pub items: Vec<ItemRequest>,
+    /// 1..=86400, default 900.
+    #[schema(minimum = 1, maximum = 86_400)]
     pub ttl_seconds: Option<u64>,
     pub session_id: Option<String>,
     pub user_id: Option<String>,
     pub reference: Option<String>,
+    /// A JSON object kept with the reservation (at most 4 KiB).
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Value>,
 }
 
@@ -164,6 +182,7 @@ impl Reserve {
         check_text("reference", &self.reference)?;
         let metadata = match &self.metadata {
             None | Some(serde_json::Value::Null) => None,
+            Some(v) if !v.is_object() => return Err(invalid("metadata must be a JSON object")),
             Some(v) => {
                 let text = v.to_string();
                 if text.len() > METADATA_MAX_BYTES {
@@ -188,38 +207,72 @@ pub fn check_ttl(ttl_seconds: u64) -> Result<(), EngineError> {
     }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Sale {
-    #[serde(default, skip_serializing)]
+    /// Operation id for safe retries.
+    #[serde(default)]
     pub id: Option<Uuid>,
     pub items: Vec<ItemRequest>,
     pub reference: Option<String>,
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Complete {
     pub reference: Option<String>,
     pub items: Option<Vec<ItemRequest>>,
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Cancel {
     pub reason: Option<String>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Extend {
+    #[schema(minimum = 1, maximum = 86_400)]
     pub ttl_seconds: u64,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Availability {
     pub items: Vec<ItemRequest>,
+}
+
+/// Requests that may carry an operation id.
+pub trait Identified: Serialize + Clone {
+    fn id(&self) -> Option<Uuid>;
+    fn clear_id(&mut self);
+}
+
+macro_rules! identified {
+    ($($t:ty),*) => {$(
+        impl Identified for $t {
+            fn id(&self) -> Option<Uuid> {
+                self.id
+            }
+            fn clear_id(&mut self) {
+                self.id = None;
+            }
+        }
+    )*};
+}
+
+identified!(QuantityChange, Adjust, Reserve, Sale);
+
+/// The fingerprint of a request with its id left out; 0 when it has no id (then it cannot be
+/// repeated, and nothing compares it).
+pub fn fingerprint_of<T: Identified>(kind: &str, target: &str, req: &T) -> u32 {
+    if req.id().is_none() {
+        return 0;
+    }
+    let mut body = req.clone();
+    body.clear_id();
+    fingerprint(kind, target, &body)
 }
 
 /// A stable fingerprint of a request (its operation kind, target and canonical body, not the

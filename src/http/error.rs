@@ -16,16 +16,26 @@ pub struct ApiError {
     pub items: Option<Vec<ItemReport>>,
 }
 
-#[derive(Serialize)]
-struct Problem<'a> {
+/// RFC 9457 problem details, with a stable machine-readable `code`.
+#[derive(Serialize, utoipa::ToSchema, utoipa::ToResponse)]
+#[response(
+    description = "Problem details (application/problem+json)",
+    content_type = "application/problem+json"
+)]
+pub struct Problem {
     #[serde(rename = "type")]
-    kind: String,
-    title: &'a str,
-    status: u16,
-    detail: &'a str,
-    code: &'a str,
+    #[schema(example = "urn:stockd:problem:insufficient_stock")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// invalid_request, unauthorized, forbidden, not_found, method_not_allowed, conflict,
+    /// insufficient_stock, reservation_expired, invalid_transition, id_reused,
+    /// precondition_failed, payload_too_large, unsupported_media_type, overloaded, unavailable.
+    pub code: String,
+    /// For stock refusals: one entry per requested item.
     #[serde(skip_serializing_if = "Option::is_none")]
-    items: Option<&'a [ItemReport]>,
+    pub items: Option<Vec<ItemReport>>,
 }
 
 impl ApiError {
@@ -124,11 +134,11 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = Problem {
             kind: format!("urn:stockd:problem:{}", self.code),
-            title: self.title,
+            title: self.title.to_string(),
             status: self.status.as_u16(),
-            detail: &self.detail,
-            code: self.code,
-            items: self.items.as_deref(),
+            detail: self.detail,
+            code: self.code.to_string(),
+            items: self.items,
         };
         let bytes = serde_json::to_vec(&body).unwrap_or_default();
         let mut response = (self.status, bytes).into_response();

@@ -11,17 +11,21 @@ pub mod sales;
 use std::sync::Arc;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::Router;
+use axum::{Extension, Router};
+use serde::Serialize;
 use tokio::sync::Semaphore;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::{AuthError, Role, Tokens};
 use crate::engine::Engine;
-use error::ApiError;
+use error::{ApiError, Problem};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -30,37 +34,82 @@ pub struct AppState {
     tokens: Arc<Tokens>,
 }
 
+/// The OpenAPI document's frame; every operation in it comes from a handler's
+/// `#[utoipa::path]`, registered together with its route, so the two cannot drift apart.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "stockd", description = "Stock server for flash-sale checkout: timed holds, sales, an audited, durable log."),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+    components(responses(Problem), schemas(Problem)),
+    tags((name = "products"), (name = "reservations"), (name = "sales"), (name = "operations"))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let scheme =
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build());
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme("bearer", scheme);
+    }
+}
+
 pub fn router(engine: Engine, max_concurrent_requests: usize, tokens: Tokens) -> Router {
     let state = AppState {
         engine,
         in_flight: Arc::new(Semaphore::new(max_concurrent_requests)),
         tokens: Arc::new(tokens),
     };
-    Router::new()
-        .route("/v1/products", get(products::list))
-        .route("/v1/products/{sku}", get(products::get).put(products::put))
-        .route("/v1/products/{sku}/restock", post(products::restock))
-        .route("/v1/products/{sku}/adjust", post(products::adjust))
-        .route("/v1/products/{sku}/returns", post(products::returns))
-        .route("/v1/products/{sku}/history", get(products::history))
-        .route("/v1/availability", post(sales::availability))
-        .route("/v1/reservations", post(reservations::create))
-        .route("/v1/reservations/{id}", get(reservations::get))
-        .route(
-            "/v1/reservations/{id}/complete",
-            post(reservations::complete),
-        )
-        .route("/v1/reservations/{id}/cancel", post(reservations::cancel))
-        .route("/v1/reservations/{id}/extend", post(reservations::extend))
-        .route("/v1/sales", post(sales::create))
-        .route("/v1/sales/{id}", get(sales::get))
-        .route_layer(middleware::from_fn_with_state(state.clone(), authorize))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+    let protected = OpenApiRouter::new()
+        .routes(routes!(products::list))
+        .routes(routes!(products::get, products::put))
+        .routes(routes!(products::restock))
+        .routes(routes!(products::adjust))
+        .routes(routes!(products::returns))
+        .routes(routes!(products::history))
+        .routes(routes!(sales::availability))
+        .routes(routes!(reservations::create))
+        .routes(routes!(reservations::get))
+        .routes(routes!(reservations::complete))
+        .routes(routes!(reservations::cancel))
+        .routes(routes!(reservations::extend))
+        .routes(routes!(sales::create))
+        .routes(routes!(sales::get))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
+    let public = OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(openapi_json));
+    let (router, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(protected)
+        .merge(public)
+        .split_for_parts();
+    let document = Arc::new(openapi.to_json().unwrap_or_default());
+    router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(Extension(OpenApiDocument(document)))
         .layer(middleware::from_fn_with_state(state.clone(), shed_load))
         .with_state(state)
+}
+
+#[derive(Clone)]
+struct OpenApiDocument(Arc<String>);
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", security(()),
+    responses((status = 200, description = "the OpenAPI 3.1 document", content_type = "application/json")))]
+async fn openapi_json(Extension(document): Extension<OpenApiDocument>) -> Response {
+    (
+        [(CONTENT_TYPE, "application/json")],
+        document.0.as_str().to_owned(),
+    )
+        .into_response()
 }
 
 /// At most `max_concurrent_requests` in progress; the rest are refused at once.
@@ -123,10 +172,20 @@ async fn authorize(
     }
 }
 
-async fn healthz() -> impl IntoResponse {
-    axum::Json(serde_json::json!({ "status": "ok" }))
+#[derive(Serialize, utoipa::ToSchema)]
+struct Health {
+    status: &'static str,
 }
 
+/// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "operations", security(()), responses((status = 200, body = Health)))]
+async fn healthz() -> impl IntoResponse {
+    axum::Json(Health { status: "ok" })
+}
+
+/// The log is replayed and writable.
+#[utoipa::path(get, path = "/readyz", tag = "operations", security(()),
+    responses((status = 200, body = Health), (status = 503, response = Problem)))]
 async fn readyz(State(state): State<AppState>) -> Response {
     if state.engine.log_failed() {
         ApiError::new(
@@ -137,7 +196,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
         )
         .into_response()
     } else {
-        axum::Json(serde_json::json!({ "status": "ready" })).into_response()
+        axum::Json(Health { status: "ready" }).into_response()
     }
 }
 

@@ -4,9 +4,10 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
-use super::error::ApiError;
+use super::error::{ApiError, Problem};
 use super::extract::{if_match, Json, Path, Query};
 use super::AppState;
 use crate::auth::Caller;
@@ -15,7 +16,7 @@ use crate::domain::limits::{
 };
 use crate::domain::StockStatus;
 use crate::engine::requests;
-use crate::ledger::{Action, ProductView};
+use crate::ledger::{Action, HistoryView, ProductView};
 
 /// A product with its `ETag`.
 pub fn product_response(status: StatusCode, product: &ProductView) -> Response {
@@ -26,6 +27,17 @@ pub fn product_response(status: StatusCode, product: &ProductView) -> Response {
     response
 }
 
+/// Create a product, or update it (an audited `set` when `on_hand` is given).
+#[utoipa::path(put, path = "/v1/products/{sku}", tag = "products",
+    params(("sku" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$", description = "1-64 of A-Z a-z 0-9 . _ -"),
+           ("If-Match" = Option<String>, Header, description = "ETag of the version you read")),
+    request_body = requests::PutProduct,
+    responses(
+        (status = 201, description = "created", body = ProductView),
+        (status = 200, description = "updated", body = ProductView),
+        (status = 400, response = Problem), (status = 401, response = Problem), (status = 403, response = Problem),
+        (status = 409, response = Problem), (status = 412, response = Problem), (status = 413, response = Problem),
+        (status = 415, response = Problem), (status = 503, response = Problem)))]
 pub async fn put(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -46,6 +58,11 @@ pub async fn put(
     Ok(product_response(status, &answer.product))
 }
 
+/// A product's counts, as durably recorded.
+#[utoipa::path(get, path = "/v1/products/{sku}", tag = "products",
+    params(("sku" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$")),
+    responses((status = 200, body = ProductView), (status = 400, response = Problem), (status = 401, response = Problem),
+              (status = 404, response = Problem), (status = 503, response = Problem)))]
 pub async fn get(
     State(state): State<AppState>,
     Path(sku): Path<String>,
@@ -58,12 +75,22 @@ pub async fn get(
     Ok(product_response(StatusCode::OK, &product))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
+    /// `in_stock`, `low_stock` or `out_of_stock`.
     status: Option<String>,
+    /// 1..=1000, default 100.
     limit: Option<usize>,
+    /// Start after this SKU (the previous page's `next`).
     after: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ProductPage {
+    products: Vec<ProductView>,
+    /// Pass as `after` for the next page; null on the last page.
+    next: Option<String>,
 }
 
 fn page_limit(limit: Option<usize>, default: usize) -> Result<usize, ApiError> {
@@ -76,6 +103,10 @@ fn page_limit(limit: Option<usize>, default: usize) -> Result<usize, ApiError> {
     }
 }
 
+/// Products in SKU order, optionally by status.
+#[utoipa::path(get, path = "/v1/products", tag = "products", params(ListParams),
+    responses((status = 200, body = ProductPage), (status = 400, response = Problem), (status = 401, response = Problem),
+              (status = 503, response = Problem)))]
 pub async fn list(
     State(state): State<AppState>,
     Query(params): Query<ListParams>,
@@ -93,9 +124,17 @@ pub async fn list(
     let (products, next) = state
         .engine
         .list_products(status, params.after.as_deref(), limit);
-    Ok(axum::Json(serde_json::json!({ "products": products, "next": next })).into_response())
+    Ok(axum::Json(ProductPage { products, next }).into_response())
 }
 
+/// Add received stock.
+#[utoipa::path(post, path = "/v1/products/{sku}/restock", tag = "products",
+    params(("sku" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$"), ("If-Match" = Option<String>, Header)),
+    request_body = requests::QuantityChange,
+    responses((status = 200, body = ProductView), (status = 400, response = Problem), (status = 401, response = Problem),
+              (status = 403, response = Problem), (status = 404, response = Problem), (status = 409, response = Problem),
+              (status = 412, response = Problem), (status = 413, response = Problem), (status = 415, response = Problem),
+              (status = 503, response = Problem)))]
 pub async fn restock(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -111,6 +150,14 @@ pub async fn restock(
     Ok(product_response(StatusCode::OK, &product))
 }
 
+/// Correct on_hand by a signed delta, with a reason.
+#[utoipa::path(post, path = "/v1/products/{sku}/adjust", tag = "products",
+    params(("sku" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$"), ("If-Match" = Option<String>, Header)),
+    request_body = requests::Adjust,
+    responses((status = 200, body = ProductView), (status = 400, response = Problem), (status = 401, response = Problem),
+              (status = 403, response = Problem), (status = 404, response = Problem), (status = 409, response = Problem),
+              (status = 412, response = Problem), (status = 413, response = Problem), (status = 415, response = Problem),
+              (status = 503, response = Problem)))]
 pub async fn adjust(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -126,6 +173,13 @@ pub async fn adjust(
     Ok(product_response(StatusCode::OK, &product))
 }
 
+/// Put returned units back on hand.
+#[utoipa::path(post, path = "/v1/products/{sku}/returns", tag = "products",
+    params(("sku" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$")),
+    request_body = requests::QuantityChange,
+    responses((status = 200, body = ProductView), (status = 400, response = Problem), (status = 401, response = Problem),
+              (status = 403, response = Problem), (status = 404, response = Problem), (status = 409, response = Problem),
+              (status = 413, response = Problem), (status = 415, response = Problem), (status = 503, response = Problem)))]
 pub async fn returns(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -136,14 +190,29 @@ pub async fn returns(
     Ok(product_response(StatusCode::OK, &product))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryParams {
+    /// 1..=1000, default 50.
     limit: Option<usize>,
+    /// Only entries with a smaller `seq` (the previous page's `next`).
     before: Option<u64>,
+    /// Only this action (create, set, restock, adjust, return, sale, reserve, complete, release).
     action: Option<String>,
 }
 
+#[derive(Serialize, ToSchema)]
+pub struct HistoryPage {
+    entries: Vec<HistoryView>,
+    /// Pass as `before` for the next page; null on the last page.
+    next: Option<u64>,
+}
+
+/// The product's audit trail, newest first.
+#[utoipa::path(get, path = "/v1/products/{sku}/history", tag = "products",
+    params(("sku" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$"), HistoryParams),
+    responses((status = 200, body = HistoryPage), (status = 400, response = Problem), (status = 401, response = Problem),
+              (status = 404, response = Problem), (status = 503, response = Problem)))]
 pub async fn history(
     State(state): State<AppState>,
     Path(sku): Path<String>,
@@ -161,5 +230,5 @@ pub async fn history(
         .engine
         .history(&sku, params.before, action, limit)
         .ok_or_else(|| ApiError::not_found(format!("no product {sku}")))?;
-    Ok(axum::Json(serde_json::json!({ "entries": entries, "next": next })).into_response())
+    Ok(axum::Json(HistoryPage { entries, next }).into_response())
 }

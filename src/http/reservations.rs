@@ -5,12 +5,18 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 
-use super::error::ApiError;
+use super::error::{ApiError, Problem};
 use super::extract::{parse_uuid, Json, OptionalJson, Path};
 use super::AppState;
 use crate::auth::Caller;
 use crate::engine::requests;
+use crate::ledger::ReservationView;
 
+/// Hold stock for a while: all items or none.
+#[utoipa::path(post, path = "/v1/reservations", tag = "reservations", request_body = requests::Reserve,
+    responses((status = 201, body = ReservationView), (status = 400, response = Problem), (status = 401, response = Problem),
+              (status = 403, response = Problem), (status = 409, response = Problem), (status = 413, response = Problem),
+              (status = 415, response = Problem), (status = 503, response = Problem)))]
 pub async fn create(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -24,6 +30,10 @@ pub async fn create(
     Ok(response)
 }
 
+/// A reservation and its status.
+#[utoipa::path(get, path = "/v1/reservations/{id}", tag = "reservations", params(("id" = String, Path, format = Uuid)),
+    responses((status = 200, body = ReservationView), (status = 400, response = Problem), (status = 401, response = Problem),
+              (status = 404, response = Problem), (status = 503, response = Problem)))]
 pub async fn get(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -36,6 +46,12 @@ pub async fn get(
     Ok(axum::Json(reservation).into_response())
 }
 
+/// Turn the hold into a sale (all of it, or the listed quantities).
+#[utoipa::path(post, path = "/v1/reservations/{id}/complete", tag = "reservations",
+    params(("id" = String, Path, format = Uuid)), request_body(content = Option<requests::Complete>),
+    responses((status = 200, body = ReservationView), (status = 400, response = Problem), (status = 401, response = Problem),
+              (status = 403, response = Problem), (status = 404, response = Problem), (status = 409, response = Problem),
+              (status = 413, response = Problem), (status = 415, response = Problem), (status = 503, response = Problem)))]
 pub async fn complete(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -47,6 +63,12 @@ pub async fn complete(
     Ok(axum::Json(reservation).into_response())
 }
 
+/// Release the hold.
+#[utoipa::path(post, path = "/v1/reservations/{id}/cancel", tag = "reservations",
+    params(("id" = String, Path, format = Uuid)), request_body(content = Option<requests::Cancel>),
+    responses((status = 200, body = ReservationView), (status = 400, response = Problem), (status = 401, response = Problem),
+              (status = 403, response = Problem), (status = 404, response = Problem), (status = 409, response = Problem),
+              (status = 413, response = Problem), (status = 415, response = Problem), (status = 503, response = Problem)))]
 pub async fn cancel(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -58,6 +80,12 @@ pub async fn cancel(
     Ok(axum::Json(reservation).into_response())
 }
 
+/// Move the expiry to now + ttl_seconds (while active).
+#[utoipa::path(post, path = "/v1/reservations/{id}/extend", tag = "reservations",
+    params(("id" = String, Path, format = Uuid)), request_body = requests::Extend,
+    responses((status = 200, body = ReservationView), (status = 400, response = Problem), (status = 401, response = Problem),
+              (status = 403, response = Problem), (status = 404, response = Problem), (status = 409, response = Problem),
+              (status = 413, response = Problem), (status = 415, response = Problem), (status = 503, response = Problem)))]
 pub async fn extend(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,

@@ -1,6 +1,7 @@
 //! JSON shapes of what clients read. Built only from the ledger, i.e. from durable state.
 
 use serde::Serialize;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::domain::{Item, StockStatus};
@@ -11,7 +12,7 @@ pub fn rfc3339_ms(at_ms: i64) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, PartialEq, ToSchema)]
 pub struct ProductView {
     pub sku: String,
     pub name: Option<String>,
@@ -24,10 +25,11 @@ pub struct ProductView {
     pub updated_at: String,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct HistoryView {
     pub seq: u64,
     pub at: String,
+    #[schema(value_type = String, example = "reserve")]
     pub action: &'static str,
     pub quantity_before: u64,
     pub quantity_after: u64,
@@ -38,12 +40,14 @@ pub struct HistoryView {
     pub reference: Option<String>,
     pub reservation_id: Option<Uuid>,
     pub note: Option<String>,
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Value>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct ReservationView {
     pub id: Uuid,
+    #[schema(value_type = String, example = "active")]
     pub status: &'static str,
     pub items: Vec<Item>,
     pub created_at: String,
@@ -51,6 +55,7 @@ pub struct ReservationView {
     pub session_id: Option<String>,
     pub user_id: Option<String>,
     pub reference: Option<String>,
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Value>,
     /// Units sold per item, once completed.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -59,7 +64,7 @@ pub struct ReservationView {
     pub reacquired: bool,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct SaleView {
     pub id: Uuid,
     pub items: Vec<Item>,
@@ -68,11 +73,13 @@ pub struct SaleView {
 }
 
 /// Per-item answer of availability checks and stock refusals.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, ToSchema)]
 pub struct ItemReport {
     pub sku: String,
     pub requested: u64,
     pub available: u64,
+    /// `out_of_stock`, `insufficient_stock`, `not_found`, or null when the item fits.
+    #[schema(value_type = Option<String>)]
     pub error: Option<&'static str>,
 }
 

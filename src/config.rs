@@ -47,6 +47,11 @@ pub struct ServerConfig {
     /// Requests being served at once; beyond it the server answers 503 with Retry-After.
     #[arg(long, env = "STOCKD_MAX_CONCURRENT_REQUESTS", default_value_t = 8192)]
     pub max_concurrent_requests: usize,
+    /// Time allowed to receive a request body, and to answer a read. Mutations are not cut
+    /// short once received: a timeout answer would claim nothing changed about a change that
+    /// may still commit.
+    #[arg(long, env = "STOCKD_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
+    pub request_timeout_ms: u64,
     /// File of tokens, one `name role secret` a line (roles: admin, checkout, read). Tokens may
     /// also be given as STOCKD_TOKENS="name:role:secret,...". None: no auth, loopback only.
     #[arg(long)]

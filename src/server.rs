@@ -95,7 +95,11 @@ pub async fn serve(config: ServerConfig) -> Result<(), ServeError> {
         let _ = stdout.flush();
     }
 
-    let app = crate::http::router(engine.clone(), config.max_concurrent_requests, tokens);
+    let limits = crate::http::HttpLimits {
+        max_concurrent_requests: config.max_concurrent_requests,
+        request_timeout: Duration::from_millis(config.request_timeout_ms),
+    };
+    let app = crate::http::router(engine.clone(), limits, tokens);
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         let _ = stop_rx.wait_for(|stop| *stop).await;

@@ -103,3 +103,35 @@ async fn ten_times_the_load_is_shed_not_queued() {
         assert_eq!(st, StatusCode::CREATED, "{body}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_request_body_times_out_with_408_and_changes_nothing() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let s = try_start_with(&dir.path().join("data"), &["--request-timeout-ms", "300"]).unwrap();
+    s.product("SLOW", 10).await;
+    let before = s.product_state("SLOW").await;
+    let addr = s.base.trim_start_matches("http://").to_string();
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+        let partial = "{\"items\": [{\"sku\": \"SLOW\",";
+        write!(
+            stream,
+            "POST /v1/reservations HTTP/1.1\r\nHost: stockd\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n{partial}"
+        )
+        .unwrap();
+        // ... and the rest never comes.
+        let mut buf = vec![0u8; 4096];
+        let n = stream.read(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    })
+    .await
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        answer.contains("request_timeout") && answer.contains("application/problem+json"),
+        "{answer}"
+    );
+    assert_eq!(s.product_state("SLOW").await, before);
+}

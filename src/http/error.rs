@@ -31,7 +31,8 @@ pub struct Problem {
     pub detail: String,
     /// invalid_request, unauthorized, forbidden, not_found, method_not_allowed, conflict,
     /// insufficient_stock, reservation_expired, invalid_transition, id_reused,
-    /// precondition_failed, payload_too_large, unsupported_media_type, overloaded, unavailable.
+    /// precondition_failed, request_timeout, payload_too_large, unsupported_media_type,
+    /// overloaded, unavailable.
     pub code: String,
     /// For stock refusals: one entry per requested item.
     #[serde(skip_serializing_if = "Option::is_none")]

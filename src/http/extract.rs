@@ -20,7 +20,15 @@ fn too_large() -> ApiError {
     )
 }
 
+/// How long a request body may take to arrive (set by the router for every request).
+#[derive(Clone, Copy)]
+pub struct BodyTimeout(pub std::time::Duration);
+
 async fn read_body(req: Request) -> Result<(bool, bytes::Bytes), ApiError> {
+    let timeout = req
+        .extensions()
+        .get::<BodyTimeout>()
+        .map_or(std::time::Duration::from_secs(10), |t| t.0);
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
@@ -43,9 +51,23 @@ async fn read_body(req: Request) -> Result<(bool, bytes::Bytes), ApiError> {
             mime == "application/json"
                 || (mime.starts_with("application/") && mime.ends_with("+json"))
         });
-    let bytes = axum::body::to_bytes(req.into_body(), REQUEST_BODY_MAX_BYTES)
-        .await
-        .map_err(|_| too_large())?;
+    let bytes = tokio::time::timeout(
+        timeout,
+        axum::body::to_bytes(req.into_body(), REQUEST_BODY_MAX_BYTES),
+    )
+    .await
+    .map_err(|_| {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "Request timeout",
+            format!(
+                "the request body did not arrive within {} ms",
+                timeout.as_millis()
+            ),
+        )
+    })?
+    .map_err(|_| too_large())?;
     if !bytes.is_empty() && is_json != Some(true) {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,

@@ -9,6 +9,7 @@ pub mod reservations;
 pub mod sales;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
@@ -26,12 +27,21 @@ use utoipa_axum::routes;
 use crate::auth::{AuthError, Role, Tokens};
 use crate::engine::Engine;
 use error::{ApiError, Problem};
+use extract::BodyTimeout;
 
 #[derive(Clone)]
 pub struct AppState {
     pub engine: Engine,
     in_flight: Arc<Semaphore>,
     tokens: Arc<Tokens>,
+    request_timeout: Duration,
+}
+
+/// Limits of the HTTP front.
+#[derive(Clone, Debug)]
+pub struct HttpLimits {
+    pub max_concurrent_requests: usize,
+    pub request_timeout: Duration,
 }
 
 /// The OpenAPI document's frame; every operation in it comes from a handler's
@@ -59,11 +69,12 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
-pub fn router(engine: Engine, max_concurrent_requests: usize, tokens: Tokens) -> Router {
+pub fn router(engine: Engine, limits: HttpLimits, tokens: Tokens) -> Router {
     let state = AppState {
         engine,
-        in_flight: Arc::new(Semaphore::new(max_concurrent_requests)),
+        in_flight: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
         tokens: Arc::new(tokens),
+        request_timeout: limits.request_timeout,
     };
     let protected = OpenApiRouter::new()
         .routes(routes!(products::list))
@@ -112,10 +123,21 @@ async fn openapi_json(Extension(document): Extension<OpenApiDocument>) -> Respon
         .into_response()
 }
 
-/// At most `max_concurrent_requests` in progress; the rest are refused at once.
-async fn shed_load(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    match state.in_flight.clone().try_acquire_owned() {
-        Ok(_permit) => next.run(request).await,
+/// At most `max_concurrent_requests` in progress; the rest are refused at once. Reads must
+/// answer within the request timeout; every request body must arrive within it.
+async fn shed_load(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let Ok(_permit) = state.in_flight.clone().try_acquire_owned() else {
+        return ApiError::overloaded().into_response();
+    };
+    request
+        .extensions_mut()
+        .insert(BodyTimeout(state.request_timeout));
+    let is_read = request.method() == Method::GET || request.uri().path() == "/v1/availability";
+    if !is_read {
+        return next.run(request).await;
+    }
+    match tokio::time::timeout(state.request_timeout, next.run(request)).await {
+        Ok(response) => response,
         Err(_) => ApiError::overloaded().into_response(),
     }
 }

@@ -36,7 +36,7 @@ pub fn product_response(status: StatusCode, product: &ProductView) -> Response {
         (status = 201, description = "created", body = ProductView),
         (status = 200, description = "updated", body = ProductView),
         (status = 400, response = Problem), (status = 401, response = Problem), (status = 403, response = Problem),
-        (status = 409, response = Problem), (status = 412, response = Problem), (status = 413, response = Problem),
+        (status = 409, response = Problem), (status = 412, response = Problem), (status = 408, response = Problem), (status = 413, response = Problem),
         (status = 415, response = Problem), (status = 503, response = Problem)))]
 pub async fn put(
     State(state): State<AppState>,
@@ -133,7 +133,7 @@ pub async fn list(
     request_body = requests::QuantityChange,
     responses((status = 200, body = ProductView), (status = 400, response = Problem), (status = 401, response = Problem),
               (status = 403, response = Problem), (status = 404, response = Problem), (status = 409, response = Problem),
-              (status = 412, response = Problem), (status = 413, response = Problem), (status = 415, response = Problem),
+              (status = 412, response = Problem), (status = 408, response = Problem), (status = 413, response = Problem), (status = 415, response = Problem),
               (status = 503, response = Problem)))]
 pub async fn restock(
     State(state): State<AppState>,
@@ -156,7 +156,7 @@ pub async fn restock(
     request_body = requests::Adjust,
     responses((status = 200, body = ProductView), (status = 400, response = Problem), (status = 401, response = Problem),
               (status = 403, response = Problem), (status = 404, response = Problem), (status = 409, response = Problem),
-              (status = 412, response = Problem), (status = 413, response = Problem), (status = 415, response = Problem),
+              (status = 412, response = Problem), (status = 408, response = Problem), (status = 413, response = Problem), (status = 415, response = Problem),
               (status = 503, response = Problem)))]
 pub async fn adjust(
     State(state): State<AppState>,
@@ -179,7 +179,7 @@ pub async fn adjust(
     request_body = requests::QuantityChange,
     responses((status = 200, body = ProductView), (status = 400, response = Problem), (status = 401, response = Problem),
               (status = 403, response = Problem), (status = 404, response = Problem), (status = 409, response = Problem),
-              (status = 413, response = Problem), (status = 415, response = Problem), (status = 503, response = Problem)))]
+              (status = 408, response = Problem), (status = 413, response = Problem), (status = 415, response = Problem), (status = 503, response = Problem)))]
 pub async fn returns(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,

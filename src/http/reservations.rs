@@ -15,7 +15,7 @@ use crate::ledger::ReservationView;
 /// Hold stock for a while: all items or none.
 #[utoipa::path(post, path = "/v1/reservations", tag = "reservations", request_body = requests::Reserve,
     responses((status = 201, body = ReservationView), (status = 400, response = Problem), (status = 401, response = Problem),
-              (status = 403, response = Problem), (status = 409, response = Problem), (status = 413, response = Problem),
+              (status = 403, response = Problem), (status = 409, response = Problem), (status = 408, response = Problem), (status = 413, response = Problem),
               (status = 415, response = Problem), (status = 503, response = Problem)))]
 pub async fn create(
     State(state): State<AppState>,
@@ -51,7 +51,7 @@ pub async fn get(
     params(("id" = String, Path, format = Uuid)), request_body(content = Option<requests::Complete>),
     responses((status = 200, body = ReservationView), (status = 400, response = Problem), (status = 401, response = Problem),
               (status = 403, response = Problem), (status = 404, response = Problem), (status = 409, response = Problem),
-              (status = 413, response = Problem), (status = 415, response = Problem), (status = 503, response = Problem)))]
+              (status = 408, response = Problem), (status = 413, response = Problem), (status = 415, response = Problem), (status = 503, response = Problem)))]
 pub async fn complete(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -68,7 +68,7 @@ pub async fn complete(
     params(("id" = String, Path, format = Uuid)), request_body(content = Option<requests::Cancel>),
     responses((status = 200, body = ReservationView), (status = 400, response = Problem), (status = 401, response = Problem),
               (status = 403, response = Problem), (status = 404, response = Problem), (status = 409, response = Problem),
-              (status = 413, response = Problem), (status = 415, response = Problem), (status = 503, response = Problem)))]
+              (status = 408, response = Problem), (status = 413, response = Problem), (status = 415, response = Problem), (status = 503, response = Problem)))]
 pub async fn cancel(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -85,7 +85,7 @@ pub async fn cancel(
     params(("id" = String, Path, format = Uuid)), request_body = requests::Extend,
     responses((status = 200, body = ReservationView), (status = 400, response = Problem), (status = 401, response = Problem),
               (status = 403, response = Problem), (status = 404, response = Problem), (status = 409, response = Problem),
-              (status = 413, response = Problem), (status = 415, response = Problem), (status = 503, response = Problem)))]
+              (status = 408, response = Problem), (status = 413, response = Problem), (status = 415, response = Problem), (status = 503, response = Problem)))]
 pub async fn extend(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,

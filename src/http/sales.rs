@@ -17,7 +17,7 @@ use crate::ledger::{ItemReport, SaleView};
 /// Sell from available stock without a hold first: all items or none.
 #[utoipa::path(post, path = "/v1/sales", tag = "sales", request_body = requests::Sale,
     responses((status = 201, body = SaleView), (status = 400, response = Problem), (status = 401, response = Problem),
-              (status = 403, response = Problem), (status = 409, response = Problem), (status = 413, response = Problem),
+              (status = 403, response = Problem), (status = 409, response = Problem), (status = 408, response = Problem), (status = 413, response = Problem),
               (status = 415, response = Problem), (status = 503, response = Problem)))]
 pub async fn create(
     State(state): State<AppState>,
@@ -54,7 +54,7 @@ pub struct AvailabilityAnswer {
 /// Would these items fit now? Changes nothing.
 #[utoipa::path(post, path = "/v1/availability", tag = "sales", request_body = requests::Availability,
     responses((status = 200, body = AvailabilityAnswer), (status = 400, response = Problem), (status = 401, response = Problem),
-              (status = 403, response = Problem), (status = 413, response = Problem), (status = 415, response = Problem),
+              (status = 403, response = Problem), (status = 408, response = Problem), (status = 413, response = Problem), (status = 415, response = Problem),
               (status = 503, response = Problem)))]
 pub async fn availability(
     State(state): State<AppState>,

@@ -7,7 +7,7 @@
 //! - [`actor`]: one tokio task per product owning its live counts, holds and expiry timers.
 //! - [`engine`]: the operations (validation, idempotency, multi-item coordination, durability waits).
 //! - [`http`]: the axum front, a thin mapping onto the engine.
-//! - [`auth`]: bearer tokens and roles.
+//! - [`auth`]: bearer tokens and roles. [`metrics`]: Prometheus metrics.
 //! - [`server`], [`cli`], [`config`], [`clock`]: process plumbing.
 
 pub mod actor;
@@ -19,5 +19,6 @@ pub mod domain;
 pub mod engine;
 pub mod http;
 pub mod ledger;
+pub mod metrics;
 pub mod server;
 pub mod wal;

@@ -1137,8 +1137,8 @@ async fn openapi_document_matches_the_routes() {
         }
     }
     // Every route the server has is documented: 7 product, 1 availability, 5 reservation and
-    // 2 sale operations, plus /healthz, /readyz and /openapi.json.
-    assert_eq!(operations, 18, "{:?}", paths.keys().collect::<Vec<_>>());
+    // 2 sale operations, plus /healthz, /readyz, /openapi.json and /metrics.
+    assert_eq!(operations, 19, "{:?}", paths.keys().collect::<Vec<_>>());
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
     assert!(doc["components"]["responses"]["Problem"].is_object());
 }

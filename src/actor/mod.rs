@@ -18,6 +18,7 @@ use crate::wal::Log;
 /// What every actor shares.
 pub struct Shared {
     pub log: Log,
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub clock: Arc<dyn Clock>,
     pub registry: Registry,
     /// Requests an actor may park while multi-item operations settle (bounded).

@@ -193,7 +193,10 @@ impl ProductActor {
                 self.last_lsn = lsn;
                 Ok(lsn)
             }
-            Err(AppendError::Overloaded) => Err(Refusal::Overloaded),
+            Err(AppendError::Overloaded) => {
+                self.shared.metrics.log_queue_rejections.inc();
+                Err(Refusal::Overloaded)
+            }
             Err(AppendError::Unavailable) => Err(Refusal::Unavailable),
         }
     }

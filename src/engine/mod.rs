@@ -27,6 +27,7 @@ use crate::domain::{Item, ReservationStatus, Sku, StockStatus};
 use crate::ledger::{
     home_of, Action, HistoryView, ItemReport, Ledger, ProductView, ReservationView, SaleView,
 };
+use crate::metrics::Metrics;
 use crate::wal::replay::{self, Mode, ReplayOutcome};
 use crate::wal::storage::{Disk, Storage};
 use crate::wal::{writer::FatalHook, Log, LogConfig, Lsn, WalError};
@@ -70,6 +71,7 @@ pub struct Engine {
 
 struct Inner {
     shared: Arc<Shared>,
+    metrics: Arc<Metrics>,
     ledger: Arc<RwLock<Ledger>>,
     /// Operation ids being executed right now, with their request fingerprint. Finished
     /// operations are found in the ledger instead.
@@ -149,6 +151,7 @@ impl Engine {
         let products = ledger.product_count();
         let active_reservations = ledger.active_reservations();
         let ledger = Arc::new(RwLock::new(ledger));
+        let metrics = Arc::new(Metrics::new());
         let log = Log::start(
             LogConfig {
                 dir: config.data_dir.clone(),
@@ -159,10 +162,12 @@ impl Engine {
             },
             outcome.last.clone(),
             ledger.clone(),
+            metrics.clone(),
             on_fatal,
         )?;
         let shared = Arc::new(Shared {
             log,
+            metrics: metrics.clone(),
             clock,
             registry: Registry::default(),
             deferred_capacity: config.deferred_capacity,
@@ -174,6 +179,7 @@ impl Engine {
         let engine = Engine {
             inner: Arc::new(Inner {
                 shared,
+                metrics,
                 ledger,
                 claims: DashMap::new(),
                 mailbox_capacity: config.mailbox_capacity,
@@ -229,6 +235,22 @@ impl Engine {
             .map_err(|_| EngineError::Unavailable)
     }
 
+    /// The metrics, with the gauges read from the ledger now.
+    pub fn metrics(&self) -> &Metrics {
+        let (products, active) = {
+            let ledger = self.inner.ledger.read();
+            (ledger.product_count(), ledger.active_reservations())
+        };
+        self.inner.metrics.products.set(products as i64);
+        self.inner.metrics.active_reservations.set(active as i64);
+        &self.inner.metrics
+    }
+
+    /// Metrics without refreshing the gauges (hot path).
+    pub fn counters(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
     /// (fsyncs, records made durable) since start: records per fsync is their ratio.
     pub fn log_counters(&self) -> (u64, u64) {
         self.inner.shared.log.durability().counters()
@@ -256,6 +278,7 @@ impl Engine {
 
     /// Sends without waiting for mailbox space: a full mailbox is overload.
     async fn ask(
+        &self,
         tx: &mpsc::Sender<Msg>,
         make: impl FnOnce(Reply) -> Msg,
     ) -> Result<Answer, Refusal> {
@@ -264,6 +287,7 @@ impl Engine {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(msg)) => {
                 drop(msg);
+                self.inner.metrics.mailbox_rejections.inc();
                 return Err(Refusal::Overloaded);
             }
             Err(mpsc::error::TrySendError::Closed(_)) => return Err(Refusal::Unavailable),
@@ -401,7 +425,7 @@ impl Engine {
         let engine = self.clone();
         Self::detached(async move {
             let _claim = claim;
-            match Self::ask(&tx, |reply| make(op, reply)).await {
+            match engine.ask(&tx, |reply| make(op, reply)).await {
                 Ok(Answer::Durable(lsn)) => {
                     engine.wait(lsn).await?;
                     engine.product_answer(&op_id)
@@ -591,15 +615,16 @@ impl Engine {
                 None => Refusal::NotFound,
                 Some(tx) => {
                     let quantity = quantities(index);
-                    match Self::ask(&tx, |reply| {
-                        Msg::Tentative(TentativeMsg {
-                            key,
-                            quantity,
-                            kind,
-                            reply,
+                    match self
+                        .ask(&tx, |reply| {
+                            Msg::Tentative(TentativeMsg {
+                                key,
+                                quantity,
+                                kind,
+                                reply,
+                            })
                         })
-                    })
-                    .await
+                        .await
                     {
                         Ok(_) => {
                             granted.push(tx);
@@ -677,7 +702,7 @@ impl Engine {
                 reply,
             })
         };
-        match Self::finish_at_home(&home_tx, finish, &granted, key).await {
+        match self.finish_at_home(&home_tx, finish, &granted, key).await {
             Ok(lsn) => Ok(lsn),
             Err(refusal) => Err(self.item_refusal(&items, &home, refusal).await),
         }
@@ -686,12 +711,13 @@ impl Engine {
     /// The last step of a multi-item operation: the home actor logs the one record; then the
     /// other actors' tentative holds are committed at its LSN, or aborted if it refused.
     async fn finish_at_home(
+        &self,
         home_tx: &mpsc::Sender<Msg>,
         make: impl FnOnce(Reply) -> Msg,
         granted: &[mpsc::Sender<Msg>],
         key: Uuid,
     ) -> Result<Lsn, Refusal> {
-        match Self::ask(home_tx, make).await {
+        match self.ask(home_tx, make).await {
             Ok(Answer::Durable(lsn)) => {
                 Self::settle(granted, key, Some(lsn)).await;
                 Ok(lsn)
@@ -813,16 +839,17 @@ impl Engine {
         let actor = actor.to_string();
         Self::detached(async move {
             let reference = req.reference.clone();
-            let answer = Self::ask(&tx, |reply| {
-                Msg::Complete(CompleteMsg {
-                    id,
-                    actor: actor.clone(),
-                    items: partial,
-                    reference: reference.clone(),
-                    reply,
+            let answer = engine
+                .ask(&tx, |reply| {
+                    Msg::Complete(CompleteMsg {
+                        id,
+                        actor: actor.clone(),
+                        items: partial,
+                        reference: reference.clone(),
+                        reply,
+                    })
                 })
-            })
-            .await;
+                .await;
             let lsn = match answer {
                 Ok(Answer::Durable(lsn)) => lsn,
                 Ok(Answer::Reacquire(sold)) => {
@@ -879,7 +906,7 @@ impl Engine {
                 reply,
             })
         };
-        match Self::finish_at_home(home_tx, finish, &granted, key).await {
+        match self.finish_at_home(home_tx, finish, &granted, key).await {
             Ok(lsn) => Ok(lsn),
             Err(refusal) => {
                 if matches!(refusal, Refusal::Overloaded) {
@@ -909,15 +936,16 @@ impl Engine {
         let engine = self.clone();
         let actor = actor.to_string();
         Self::detached(async move {
-            match Self::ask(&tx, |reply| {
-                Msg::Cancel(CancelMsg {
-                    id,
-                    actor,
-                    note: req.reason,
-                    reply,
+            match engine
+                .ask(&tx, |reply| {
+                    Msg::Cancel(CancelMsg {
+                        id,
+                        actor,
+                        note: req.reason,
+                        reply,
+                    })
                 })
-            })
-            .await
+                .await
             {
                 Ok(Answer::Durable(lsn)) => engine.wait(lsn).await?,
                 Ok(other) => unreachable!("cancel answered {other:?}"),
@@ -940,15 +968,16 @@ impl Engine {
         let engine = self.clone();
         let actor = actor.to_string();
         Self::detached(async move {
-            match Self::ask(&tx, |reply| {
-                Msg::Extend(ExtendMsg {
-                    id,
-                    actor,
-                    ttl_ms: req.ttl_seconds * 1000,
-                    reply,
+            match engine
+                .ask(&tx, |reply| {
+                    Msg::Extend(ExtendMsg {
+                        id,
+                        actor,
+                        ttl_ms: req.ttl_seconds * 1000,
+                        reply,
+                    })
                 })
-            })
-            .await
+                .await
             {
                 Ok(Answer::Durable(lsn)) => engine.wait(lsn).await?,
                 Ok(other) => unreachable!("extend answered {other:?}"),

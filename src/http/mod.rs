@@ -91,6 +91,7 @@ pub fn router(engine: Engine, limits: HttpLimits, tokens: Tokens) -> Router {
         .routes(routes!(reservations::extend))
         .routes(routes!(sales::create))
         .routes(routes!(sales::get))
+        .routes(routes!(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
     let public = OpenApiRouter::new()
         .routes(routes!(healthz))
@@ -126,20 +127,49 @@ async fn openapi_json(Extension(document): Extension<OpenApiDocument>) -> Respon
 /// At most `max_concurrent_requests` in progress; the rest are refused at once. Reads must
 /// answer within the request timeout; every request body must arrive within it.
 async fn shed_load(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
-    let Ok(_permit) = state.in_flight.clone().try_acquire_owned() else {
-        return ApiError::overloaded().into_response();
-    };
-    request
-        .extensions_mut()
-        .insert(BodyTimeout(state.request_timeout));
-    let is_read = request.method() == Method::GET || request.uri().path() == "/v1/availability";
-    if !is_read {
-        return next.run(request).await;
-    }
-    match tokio::time::timeout(state.request_timeout, next.run(request)).await {
-        Ok(response) => response,
+    let started = std::time::Instant::now();
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_string();
+    let response = match state.in_flight.clone().try_acquire_owned() {
         Err(_) => ApiError::overloaded().into_response(),
-    }
+        Ok(_permit) => {
+            request
+                .extensions_mut()
+                .insert(BodyTimeout(state.request_timeout));
+            let is_read = method == Method::GET || route == "/v1/availability";
+            if is_read {
+                tokio::time::timeout(state.request_timeout, next.run(request))
+                    .await
+                    .unwrap_or_else(|_| ApiError::overloaded().into_response())
+            } else {
+                next.run(request).await
+            }
+        }
+    };
+    state.engine.counters().observe_request(
+        method.as_str(),
+        &route,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
+}
+
+/// Prometheus metrics in the text exposition format.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain"),
+              (status = 401, response = Problem), (status = 403, response = Problem), (status = 503, response = Problem)))]
+async fn metrics(State(state): State<AppState>) -> Response {
+    let body = state.engine.metrics().encode();
+    (
+        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        body,
+    )
+        .into_response()
 }
 
 /// The role a route needs: reads need `read`; product definitions and stock corrections need

@@ -22,6 +22,7 @@ use super::segment;
 use super::storage::{SegmentFile, Storage};
 use super::WalError;
 use crate::ledger::Ledger;
+use crate::metrics::Metrics;
 
 /// Log sequence number: the order in which records were handed to the writer (in memory only).
 pub type Lsn = u64;
@@ -171,6 +172,7 @@ impl Log {
         config: LogConfig,
         last: Option<(u64, PathBuf, u64)>,
         ledger: Arc<RwLock<Ledger>>,
+        metrics: Arc<Metrics>,
         on_fatal: FatalHook,
     ) -> Result<Log, WalError> {
         let (index, path, file, len) = match last {
@@ -196,6 +198,7 @@ impl Log {
             len,
             ledger,
             durability: durability.clone(),
+            metrics,
         };
         std::thread::Builder::new()
             .name("stockd-log".into())
@@ -256,6 +259,7 @@ struct Writer {
     len: u64,
     ledger: Arc<RwLock<Ledger>>,
     durability: Durability,
+    metrics: Arc<Metrics>,
 }
 
 impl Writer {
@@ -276,6 +280,7 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            let started = std::time::Instant::now();
             if let Err(e) = self.write_batch(&buf) {
                 self.durability.fail();
                 let message = describe_failure(&e);
@@ -285,6 +290,8 @@ impl Writer {
             }
             let last_lsn = batch.last().map(|p| p.lsn).unwrap_or(0);
             let records = batch.len() as u64;
+            self.metrics
+                .batch_synced(batch.len(), buf.len(), started.elapsed());
             {
                 let mut ledger = self.ledger.write();
                 for p in batch.drain(..) {

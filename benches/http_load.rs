@@ -1,0 +1,677 @@
+//! HTTP load benchmark: starts stockd (release build) on 127.0.0.1 with a fresh data directory,
+//! drives it with N keep-alive connections for T seconds (bounded, stops by itself), and prints
+//! throughput, p50 / p99 / p99.9 latency and the records per fsync the server reports.
+//!
+//! Workloads: `flash` (every request reserves 1 unit of one SKU), `checkout` (reserve then
+//! complete, or cancel 20%, over 10,000 SKUs), `sellout` (stock 1,000, 10,000 buyers: time to
+//! sell out, exactly 1,000 holds). With `--redis-port` / `--pg-port` the flash workload also
+//! runs against Redis (Lua check-decrement-record, appendfsync always) and PostgreSQL
+//! (SELECT ... FOR UPDATE + UPDATE + INSERT, synchronous_commit on), same connections, same time.
+//!
+//!   cargo bench --bench http_load -- [--workload flash|checkout|sellout|all] [--connections 64]
+//!                                    [--seconds 10] [--redis-port P] [--pg-port P]
+//!
+//! `benches/compare.sh` installs and starts Redis and PostgreSQL, then runs this.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::net::TcpStream;
+use uuid::Uuid;
+
+const STOCKD: &str = env!("CARGO_BIN_EXE_stockd");
+/// Hard cap on a run, whatever is asked: load tests stop by themselves.
+const MAX_SECONDS: u64 = 120;
+const MAX_CONNECTIONS: usize = 4096;
+
+struct Args {
+    workloads: Vec<String>,
+    connections: usize,
+    seconds: u64,
+    redis_port: Option<u16>,
+    pg_port: Option<u16>,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        workloads: vec!["flash".into(), "checkout".into(), "sellout".into()],
+        connections: 64,
+        seconds: 10,
+        redis_port: None,
+        pg_port: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        match flag.as_str() {
+            "--workload" => {
+                let w = value();
+                a.workloads = if w == "all" {
+                    a.workloads.clone()
+                } else {
+                    vec![w]
+                };
+            }
+            "--connections" => a.connections = value().parse().expect("--connections N"),
+            "--seconds" => a.seconds = value().parse().expect("--seconds N"),
+            "--redis-port" => a.redis_port = Some(value().parse().expect("--redis-port P")),
+            "--pg-port" => a.pg_port = Some(value().parse().expect("--pg-port P")),
+            _ => {} // cargo passes --bench; ignore what is not ours
+        }
+    }
+    a.connections = a.connections.clamp(1, MAX_CONNECTIONS);
+    a.seconds = a.seconds.clamp(1, MAX_SECONDS);
+    a
+}
+
+/// One measured run.
+struct Outcome {
+    system: &'static str,
+    workload: String,
+    ops: u64,
+    refused: u64,
+    elapsed: Duration,
+    latency_us: Histogram<u64>,
+    records_per_fsync: Option<f64>,
+    note: String,
+}
+
+impl Outcome {
+    fn ops_per_second(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64()
+    }
+    fn q(&self, quantile: f64) -> f64 {
+        self.latency_us.value_at_quantile(quantile) as f64 / 1000.0
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
+}
+
+// ------------------------------------------------------------------ stockd over HTTP
+
+struct Stockd {
+    child: Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Stockd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_stockd() -> Stockd {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(STOCKD)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start stockd");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read address");
+    let addr = line
+        .trim()
+        .strip_prefix("stockd listening on http://")
+        .expect("stockd did not start")
+        .to_string();
+    Stockd {
+        child,
+        addr,
+        _dir: dir,
+    }
+}
+
+struct Conn {
+    sender: SendRequest<Full<Bytes>>,
+    host: String,
+}
+
+impl Conn {
+    async fn open(addr: &str) -> Conn {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        stream.set_nodelay(true).expect("nodelay");
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        tokio::spawn(connection);
+        Conn {
+            sender,
+            host: addr.to_string(),
+        }
+    }
+
+    async fn call(&mut self, method: Method, path: &str, body: Bytes) -> (StatusCode, Bytes) {
+        self.sender.ready().await.expect("connection ready");
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", &self.host)
+            .header("content-type", "application/json")
+            .body(Full::new(body))
+            .expect("request");
+        let response = self.sender.send_request(request).await.expect("response");
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        (status, body)
+    }
+}
+
+async fn put_products(
+    addr: &str,
+    skus: impl Iterator<Item = String>,
+    on_hand: u64,
+    connections: usize,
+) {
+    let skus: Vec<String> = skus.collect();
+    let chunks: Vec<Vec<String>> = skus
+        .chunks(skus.len().div_ceil(connections).max(1))
+        .map(|c| c.to_vec())
+        .collect();
+    let tasks: Vec<_> = chunks
+        .into_iter()
+        .map(|chunk| {
+            let addr = addr.to_string();
+            tokio::spawn(async move {
+                let mut c = Conn::open(&addr).await;
+                for sku in chunk {
+                    let body = Bytes::from(format!("{{\"on_hand\": {on_hand}}}"));
+                    let (st, _) = c
+                        .call(Method::PUT, &format!("/v1/products/{sku}"), body)
+                        .await;
+                    assert!(st.is_success(), "create {sku}: {st}");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("setup");
+    }
+}
+
+/// (records, fsyncs) from the server's metrics.
+async fn fsync_counters(addr: &str) -> (f64, f64) {
+    let mut c = Conn::open(addr).await;
+    let (_, body) = c.call(Method::GET, "/metrics", Bytes::new()).await;
+    let text = String::from_utf8_lossy(&body);
+    let read = |name: &str| {
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(name)
+                    .map(|v| v.trim().parse::<f64>().unwrap_or(0.0))
+            })
+            .unwrap_or(0.0)
+    };
+    (
+        read("stockd_log_records_per_fsync_sum "),
+        read("stockd_log_records_per_fsync_count "),
+    )
+}
+
+/// Runs `connections` loops of `step` until `deadline`, merging their latency histograms.
+async fn drive<S, F>(
+    connections: usize,
+    seconds: u64,
+    mut make: impl FnMut(usize) -> S,
+    step: F,
+) -> (u64, u64, Duration, Histogram<u64>)
+where
+    S: Send + 'static,
+    F: for<'a> Fn(
+            &'a mut S,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = (u64, u64)> + Send + 'a>>
+        + Send
+        + Sync
+        + Copy
+        + 'static,
+{
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(seconds);
+    let tasks: Vec<_> = (0..connections)
+        .map(|i| {
+            let mut state = make(i);
+            tokio::spawn(async move {
+                let mut hist = histogram();
+                let (mut ok, mut refused) = (0u64, 0u64);
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    let (o, r) = step(&mut state).await;
+                    hist.saturating_record(t.elapsed().as_micros() as u64);
+                    ok += o;
+                    refused += r;
+                }
+                (ok, refused, hist)
+            })
+        })
+        .collect();
+    let mut merged = histogram();
+    let (mut ok, mut refused) = (0, 0);
+    for t in tasks {
+        let (o, r, h) = t.await.expect("load task");
+        ok += o;
+        refused += r;
+        merged.add(h).expect("merge");
+    }
+    (ok, refused, start.elapsed(), merged)
+}
+
+async fn stockd_flash(connections: usize, seconds: u64) -> Outcome {
+    let server = start_stockd();
+    put_products(
+        &server.addr,
+        std::iter::once("HOT".to_string()),
+        1_000_000_000_000,
+        1,
+    )
+    .await;
+    let mut conns = Vec::new();
+    for _ in 0..connections {
+        conns.push(Some(Conn::open(&server.addr).await));
+    }
+    let before = fsync_counters(&server.addr).await;
+    let body = Bytes::from_static(br#"{"items":[{"sku":"HOT","quantity":1}],"ttl_seconds":900}"#);
+    let (ok, refused, elapsed, hist) = drive(
+        connections,
+        seconds,
+        |i| (conns[i].take().expect("connection"), body.clone()),
+        |(c, body)| {
+            Box::pin(async move {
+                let (st, _) = c.call(Method::POST, "/v1/reservations", body.clone()).await;
+                if st == StatusCode::CREATED {
+                    (1, 0)
+                } else {
+                    (0, 1)
+                }
+            })
+        },
+    )
+    .await;
+    let after = fsync_counters(&server.addr).await;
+    Outcome {
+        system: "stockd",
+        workload: "flash".into(),
+        ops: ok,
+        refused,
+        elapsed,
+        latency_us: hist,
+        records_per_fsync: Some((after.0 - before.0) / (after.1 - before.1).max(1.0)),
+        note: String::new(),
+    }
+}
+
+async fn stockd_checkout(connections: usize, seconds: u64) -> Outcome {
+    const SKUS: usize = 10_000;
+    let server = start_stockd();
+    put_products(
+        &server.addr,
+        (0..SKUS).map(|i| format!("SKU-{i:05}")),
+        1_000_000_000,
+        64,
+    )
+    .await;
+    let mut conns = Vec::new();
+    for _ in 0..connections {
+        conns.push(Some(Conn::open(&server.addr).await));
+    }
+    let before = fsync_counters(&server.addr).await;
+    let counter = Arc::new(AtomicU64::new(0));
+    let (ok, refused, elapsed, hist) = drive(
+        connections,
+        seconds,
+        |i| (conns[i].take().expect("connection"), counter.clone()),
+        |(c, counter)| {
+            Box::pin(async move {
+                let n = counter.fetch_add(1, Ordering::Relaxed);
+                // A cheap, well-spread choice of SKU and ending (no shared RNG).
+                let mixed = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                let sku = (mixed >> 20) as usize % SKUS;
+                let body = format!("{{\"items\":[{{\"sku\":\"SKU-{sku:05}\",\"quantity\":1}}],\"ttl_seconds\":900}}");
+                let (st, bytes) = c.call(Method::POST, "/v1/reservations", Bytes::from(body)).await;
+                if st != StatusCode::CREATED {
+                    return (0, 1);
+                }
+                let v: Value = serde_json::from_slice(&bytes).expect("reservation json");
+                let id = v["id"].as_str().expect("id");
+                let end = if (mixed >> 8) % 5 == 0 { "cancel" } else { "complete" };
+                let (st, _) = c.call(Method::POST, &format!("/v1/reservations/{id}/{end}"), Bytes::from_static(b"{}")).await;
+                if st == StatusCode::OK { (1, 0) } else { (0, 1) }
+            })
+        },
+    )
+    .await;
+    let after = fsync_counters(&server.addr).await;
+    Outcome {
+        system: "stockd",
+        workload: "checkout".into(),
+        ops: ok,
+        refused,
+        elapsed,
+        latency_us: hist,
+        records_per_fsync: Some((after.0 - before.0) / (after.1 - before.1).max(1.0)),
+        note: "ops = reserve+complete/cancel flows (2 requests each); latency per flow".into(),
+    }
+}
+
+async fn stockd_sellout(connections: usize) -> Outcome {
+    const STOCK: u64 = 1_000;
+    const BUYERS: u64 = 10_000;
+    let server = start_stockd();
+    put_products(&server.addr, std::iter::once("DROP".to_string()), STOCK, 1).await;
+    let mut conns = Vec::new();
+    for _ in 0..connections {
+        conns.push(Conn::open(&server.addr).await);
+    }
+    let next = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let tasks: Vec<_> = conns
+        .into_iter()
+        .map(|mut c| {
+            let next = next.clone();
+            tokio::spawn(async move {
+                let body = Bytes::from_static(
+                    br#"{"items":[{"sku":"DROP","quantity":1}],"ttl_seconds":900}"#,
+                );
+                let mut hist = histogram();
+                let (mut won, mut lost, mut last_win) = (0u64, 0u64, Duration::ZERO);
+                while next.fetch_add(1, Ordering::Relaxed) < BUYERS {
+                    let t = Instant::now();
+                    let (st, _) = c.call(Method::POST, "/v1/reservations", body.clone()).await;
+                    hist.saturating_record(t.elapsed().as_micros() as u64);
+                    match st {
+                        StatusCode::CREATED => {
+                            won += 1;
+                            last_win = start.elapsed();
+                        }
+                        StatusCode::CONFLICT => lost += 1,
+                        other => panic!("unexpected answer {other}"),
+                    }
+                }
+                (won, lost, last_win, hist)
+            })
+        })
+        .collect();
+    let mut merged = histogram();
+    let (mut won, mut lost, mut sold_out_at) = (0, 0, Duration::ZERO);
+    for t in tasks {
+        let (w, l, at, h) = t.await.expect("buyer");
+        won += w;
+        lost += l;
+        sold_out_at = sold_out_at.max(at);
+        merged.add(h).expect("merge");
+    }
+    let elapsed = start.elapsed();
+    let mut c = Conn::open(&server.addr).await;
+    let (_, product) = c.call(Method::GET, "/v1/products/DROP", Bytes::new()).await;
+    let product: Value = serde_json::from_slice(&product).expect("product");
+    assert_eq!(won, STOCK, "exactly the stock is sold");
+    assert_eq!(
+        product["reserved"].as_u64(),
+        Some(STOCK),
+        "exactly {STOCK} holds"
+    );
+    Outcome {
+        system: "stockd",
+        workload: "sellout".into(),
+        ops: won + lost,
+        refused: lost,
+        elapsed,
+        latency_us: merged,
+        records_per_fsync: None,
+        note: format!(
+            "{BUYERS} buyers, {won} holds (reserved = {}), sold out after {:.1} ms, all answered after {:.1} ms",
+            product["reserved"],
+            sold_out_at.as_secs_f64() * 1000.0,
+            elapsed.as_secs_f64() * 1000.0
+        ),
+    }
+}
+
+// ------------------------------------------------------------------ peers
+
+/// Checks, decrements and records the hold with its expiry, atomically (Lua runs alone).
+const REDIS_RESERVE: &str = r#"
+local available = tonumber(redis.call('HGET', KEYS[1], 'available'))
+local quantity = tonumber(ARGV[1])
+if available == nil or available < quantity then return 0 end
+redis.call('HINCRBY', KEYS[1], 'available', -quantity)
+redis.call('HSET', KEYS[2], 'sku', ARGV[3], 'quantity', quantity)
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return 1
+"#;
+
+async fn redis_flash(port: u16, connections: usize, seconds: u64) -> Outcome {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).expect("redis url");
+    let mut setup = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis connection");
+    let _: () = redis::cmd("FLUSHALL")
+        .query_async(&mut setup)
+        .await
+        .expect("flush");
+    let _: () = redis::cmd("HSET")
+        .arg("stock:HOT")
+        .arg("available")
+        .arg(1_000_000_000_000u64)
+        .query_async(&mut setup)
+        .await
+        .expect("stock");
+    let mut conns = Vec::new();
+    for _ in 0..connections {
+        // A connection of its own each: the same concurrency as the HTTP clients.
+        conns.push(Some(
+            client
+                .get_multiplexed_async_connection()
+                .await
+                .expect("redis connection"),
+        ));
+    }
+    let script = redis::Script::new(REDIS_RESERVE);
+    let (ok, refused, elapsed, hist) = drive(
+        connections,
+        seconds,
+        |i| (conns[i].take().expect("connection"), script.clone()),
+        |(con, script)| {
+            Box::pin(async move {
+                let hold = format!("hold:{}", Uuid::new_v4());
+                let won: i64 = script
+                    .key("stock:HOT")
+                    .key(hold)
+                    .arg(1)
+                    .arg(900_000)
+                    .arg("HOT")
+                    .invoke_async(con)
+                    .await
+                    .expect("reserve script");
+                if won == 1 {
+                    (1, 0)
+                } else {
+                    (0, 1)
+                }
+            })
+        },
+    )
+    .await;
+    Outcome {
+        system: "redis",
+        workload: "flash".into(),
+        ops: ok,
+        refused,
+        elapsed,
+        latency_us: hist,
+        records_per_fsync: None,
+        note: "appendonly yes, appendfsync always; Lua check + HINCRBY + HSET hold + PEXPIRE"
+            .into(),
+    }
+}
+
+async fn pg_connect(port: u16) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user=postgres dbname=postgres"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("postgres connection");
+    tokio::spawn(connection);
+    client
+}
+
+async fn pg_flash(port: u16, connections: usize, seconds: u64) -> Outcome {
+    let setup = pg_connect(port).await;
+    setup
+        .batch_execute(
+            "DROP TABLE IF EXISTS holds; DROP TABLE IF EXISTS stock;
+             CREATE TABLE stock (sku text PRIMARY KEY, available bigint NOT NULL);
+             CREATE TABLE holds (id uuid PRIMARY KEY, sku text NOT NULL, quantity int NOT NULL, expires_at timestamptz NOT NULL);
+             INSERT INTO stock VALUES ('HOT', 1000000000000);",
+        )
+        .await
+        .expect("schema");
+    let mut conns = Vec::new();
+    for _ in 0..connections {
+        let client = pg_connect(port).await;
+        let select = client
+            .prepare("SELECT available FROM stock WHERE sku = $1 FOR UPDATE")
+            .await
+            .expect("prepare");
+        let update = client
+            .prepare("UPDATE stock SET available = available - $2 WHERE sku = $1")
+            .await
+            .expect("prepare");
+        let insert = client
+            .prepare("INSERT INTO holds VALUES ($1, $2, $3, now() + interval '15 minutes')")
+            .await
+            .expect("prepare");
+        conns.push(Some((client, select, update, insert)));
+    }
+    let (ok, refused, elapsed, hist) = drive(
+        connections,
+        seconds,
+        |i| conns[i].take().expect("connection"),
+        |(client, select, update, insert)| {
+            Box::pin(async move {
+                let tx = client.transaction().await.expect("begin");
+                let available: i64 = tx
+                    .query_one(&*select, &[&"HOT"])
+                    .await
+                    .expect("select")
+                    .get(0);
+                let won = available >= 1;
+                if won {
+                    tx.execute(&*update, &[&"HOT", &1i64])
+                        .await
+                        .expect("update");
+                    tx.execute(&*insert, &[&Uuid::new_v4(), &"HOT", &1i32])
+                        .await
+                        .expect("insert");
+                }
+                tx.commit().await.expect("commit");
+                if won {
+                    (1, 0)
+                } else {
+                    (0, 1)
+                }
+            })
+        },
+    )
+    .await;
+    Outcome {
+        system: "postgresql",
+        workload: "flash".into(),
+        ops: ok,
+        refused,
+        elapsed,
+        latency_us: hist,
+        records_per_fsync: None,
+        note: "synchronous_commit on, fsync on; SELECT FOR UPDATE + UPDATE + INSERT hold".into(),
+    }
+}
+
+// ------------------------------------------------------------------ report
+
+fn main() {
+    let a = args();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut outcomes = Vec::new();
+    runtime.block_on(async {
+        for w in &a.workloads {
+            let outcome = match w.as_str() {
+                "flash" => stockd_flash(a.connections, a.seconds).await,
+                "checkout" => stockd_checkout(a.connections, a.seconds).await,
+                "sellout" => stockd_sellout(a.connections).await,
+                other => panic!("unknown workload {other}: flash, checkout, sellout or all"),
+            };
+            outcomes.push(outcome);
+            if w == "flash" {
+                if let Some(port) = a.redis_port {
+                    outcomes.push(redis_flash(port, a.connections, a.seconds).await);
+                }
+                if let Some(port) = a.pg_port {
+                    outcomes.push(pg_flash(port, a.connections, a.seconds).await);
+                }
+            }
+        }
+    });
+    let flash = outcomes
+        .iter()
+        .find(|o| o.system == "stockd" && o.workload == "flash")
+        .map(|o| o.ops_per_second());
+    println!(
+        "\n{} connections, {} s per run, {} cores",
+        a.connections,
+        a.seconds,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!("| workload | system | ops/s | p50 ms | p99 ms | p99.9 ms | records/fsync | stockd ÷ system | refused |");
+    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for o in &outcomes {
+        let ratio = match (o.workload.as_str(), flash) {
+            ("flash", Some(f)) => format!("{:.2}×", f / o.ops_per_second()),
+            _ => "".into(),
+        };
+        println!(
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {} |",
+            o.workload,
+            o.system,
+            o.ops_per_second(),
+            o.q(0.5),
+            o.q(0.99),
+            o.q(0.999),
+            o.records_per_fsync
+                .map_or(String::new(), |r| format!("{r:.1}")),
+            ratio,
+            o.refused
+        );
+    }
+    for o in outcomes.iter().filter(|o| !o.note.is_empty()) {
+        println!("- {} {}: {}", o.system, o.workload, o.note);
+    }
+}

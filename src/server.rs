@@ -5,6 +5,7 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -101,6 +102,13 @@ pub async fn serve(config: ServerConfig) -> Result<(), ServeError> {
     };
     let app = crate::http::router(engine.clone(), limits, tokens);
     let (stop_tx, mut stop_rx) = watch::channel(false);
+    // Small request/response exchanges: without TCP_NODELAY, Nagle's algorithm and delayed
+    // ACKs can hold a response back.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY: {e}");
+        }
+    });
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         let _ = stop_rx.wait_for(|stop| *stop).await;
     });

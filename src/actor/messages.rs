@@ -18,10 +18,26 @@ pub struct OpCtx {
 pub enum Answer {
     /// Done; the reply may go out once this LSN is durable.
     Durable(Lsn),
+    /// A reservation was logged at `lsn`, created at `at_ms`, expiring at `expires_at_ms`.
+    Reserved {
+        lsn: Lsn,
+        at_ms: i64,
+        expires_at_ms: i64,
+    },
     /// A tentative hold was taken.
     Tentative,
     /// The reservation had expired: take `sold[i]` of each item again, then finish.
     Reacquire(Vec<u64>),
+}
+
+impl Answer {
+    /// The LSN to wait for, for answers that logged something.
+    pub fn lsn(&self) -> Option<Lsn> {
+        match self {
+            Answer::Durable(lsn) | Answer::Reserved { lsn, .. } => Some(*lsn),
+            Answer::Tentative | Answer::Reacquire(_) => None,
+        }
+    }
 }
 
 #[derive(Debug)]

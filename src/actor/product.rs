@@ -182,8 +182,21 @@ impl ProductActor {
     }
 
     fn append(&mut self, op_id: Uuid, actor: String, event: Event) -> Result<Lsn, Refusal> {
+        let at_ms = self.shared.clock.now_ms();
+        self.append_at(op_id, actor, at_ms, event)
+    }
+
+    /// Appends with a timestamp the caller read once for the whole decision (so that, say, a
+    /// reservation's `expires_at - created_at` is exactly its TTL).
+    fn append_at(
+        &mut self,
+        op_id: Uuid,
+        actor: String,
+        at_ms: i64,
+        event: Event,
+    ) -> Result<Lsn, Refusal> {
         let record = Record {
-            at_ms: self.shared.clock.now_ms(),
+            at_ms,
             actor,
             op_id,
             event,
@@ -448,7 +461,7 @@ impl ProductActor {
                     metadata,
                     fingerprint: m.op.fingerprint,
                 };
-                let result = self.append(id, m.op.actor, event).map(|lsn| {
+                let result = self.append_at(id, m.op.actor, now_ms, event).map(|lsn| {
                     self.reserved += own;
                     self.holds.insert(id, own);
                     self.version += 1;
@@ -463,7 +476,11 @@ impl ProductActor {
                         },
                     );
                     self.deadlines.push(Reverse((deadline, id)));
-                    Answer::Durable(lsn)
+                    Answer::Reserved {
+                        lsn,
+                        at_ms: now_ms,
+                        expires_at_ms: now_ms + ttl_ms as i64,
+                    }
                 });
                 let _ = m.reply.send(result);
             }
@@ -740,11 +757,12 @@ impl ProductActor {
             return;
         }
         let deadline = self.shared.clock.now() + Duration::from_millis(m.ttl_ms);
+        let now_ms = self.shared.clock.now_ms();
         let event = Event::Extended {
             reservation_id: m.id,
-            expires_at_ms: self.shared.clock.now_ms() + m.ttl_ms as i64,
+            expires_at_ms: now_ms + m.ttl_ms as i64,
         };
-        let result = self.append(m.id, m.actor, event).map(|lsn| {
+        let result = self.append_at(m.id, m.actor, now_ms, event).map(|lsn| {
             let home = self.homes.get_mut(&m.id).expect("looked up above");
             home.deadline = deadline;
             self.deadlines.push(Reverse((deadline, m.id)));

@@ -677,7 +677,7 @@ impl Engine {
         items: Vec<Item>,
         kind: FinishKind,
         reference: Option<String>,
-    ) -> Result<Lsn, EngineError> {
+    ) -> Result<Answer, EngineError> {
         let home = home_of(&items).clone();
         let key = op.op_id;
         let tentative_kind = match kind {
@@ -703,7 +703,7 @@ impl Engine {
             })
         };
         match self.finish_at_home(&home_tx, finish, &granted, key).await {
-            Ok(lsn) => Ok(lsn),
+            Ok(answer) => Ok(answer),
             Err(refusal) => Err(self.item_refusal(&items, &home, refusal).await),
         }
     }
@@ -716,13 +716,13 @@ impl Engine {
         make: impl FnOnce(Reply) -> Msg,
         granted: &[mpsc::Sender<Msg>],
         key: Uuid,
-    ) -> Result<Lsn, Refusal> {
+    ) -> Result<Answer, Refusal> {
         match self.ask(home_tx, make).await {
-            Ok(Answer::Durable(lsn)) => {
+            Ok(answer) => {
+                let lsn = answer.lsn().expect("the home actor logs the operation");
                 Self::settle(granted, key, Some(lsn)).await;
-                Ok(lsn)
+                Ok(answer)
             }
-            Ok(other) => unreachable!("the home actor answered {other:?}"),
             Err(refusal) => {
                 Self::settle(granted, key, None).await;
                 Err(refusal)
@@ -736,7 +736,7 @@ impl Engine {
         actor: &str,
         req: requests::Reserve,
     ) -> Result<ReservationView, EngineError> {
-        let (items, metadata) = req.validate()?;
+        let (items, metadata_text) = req.validate()?;
         let fp = requests::fingerprint_of("reserve", "", &req);
         let (op_id, claim) = match req.id {
             Some(id) => match self.claim(id, OpKind::Reserve, fp)? {
@@ -752,18 +752,45 @@ impl Engine {
         };
         let kind = FinishKind::Reserve {
             ttl_ms: req.ttl_seconds() * 1000,
-            session_id: req.session_id,
-            user_id: req.user_id,
-            metadata,
+            session_id: req.session_id.clone(),
+            user_id: req.user_id.clone(),
+            metadata: metadata_text,
         };
         let engine = self.clone();
-        Self::detached(async move {
+        let work = async move {
             let _claim = claim;
-            let lsn = engine.admit(op, items, kind, req.reference).await?;
+            let answer = engine
+                .admit(op, items.clone(), kind, req.reference.clone())
+                .await?;
+            let Answer::Reserved {
+                lsn,
+                at_ms,
+                expires_at_ms,
+            } = answer
+            else {
+                unreachable!("a reservation was answered {answer:?}")
+            };
             engine.wait(lsn).await?;
-            engine.created_reservation(&op_id)
-        })
-        .await
+            // Built from what was logged: the same as the ledger answers a repeat with.
+            let metadata = req.metadata.filter(|m| !m.is_null());
+            Ok(ReservationView::created(
+                op_id,
+                items,
+                at_ms,
+                expires_at_ms,
+                req.session_id,
+                req.user_id,
+                req.reference,
+                metadata,
+            ))
+        };
+        // One item and no operation id: a single message to one actor, nothing to clean up
+        // if the client goes away, so no task of its own is needed.
+        if req.items.len() == 1 && req.id.is_none() {
+            work.await
+        } else {
+            Self::detached(work).await
+        }
     }
 
     fn created_reservation(&self, id: &Uuid) -> Result<ReservationView, EngineError> {
@@ -796,7 +823,9 @@ impl Engine {
             let _claim = claim;
             let lsn = engine
                 .admit(op, items, FinishKind::Sell, req.reference)
-                .await?;
+                .await?
+                .lsn()
+                .expect("a sale is logged");
             engine.wait(lsn).await?;
             engine.sale(&op_id).ok_or(EngineError::Unavailable)
         })
@@ -907,7 +936,7 @@ impl Engine {
             })
         };
         match self.finish_at_home(home_tx, finish, &granted, key).await {
-            Ok(lsn) => Ok(lsn),
+            Ok(answer) => Ok(answer.lsn().expect("a completion is logged")),
             Err(refusal) => {
                 if matches!(refusal, Refusal::Overloaded) {
                     // Never reached the actor: it still marks the reservation busy.

@@ -637,10 +637,16 @@ impl Ledger {
     /// The reservation as its creation answered it (for idempotent repeats of the create).
     pub fn reservation_created_view(&self, id: &Uuid) -> Option<ReservationView> {
         let r = self.reservations.get(id)?;
-        let mut v = reservation_view(id, r, ReservationStatus::Active, r.original_expires_at_ms);
-        v.sold_items = None;
-        v.reacquired = false;
-        Some(v)
+        Some(ReservationView::created(
+            *id,
+            r.items.clone(),
+            r.created_at_ms,
+            r.original_expires_at_ms,
+            r.session_id.clone(),
+            r.user_id.clone(),
+            r.reference.clone(),
+            parse_metadata(r.metadata.as_deref()),
+        ))
     }
 
     pub fn sale_view(&self, id: &Uuid) -> Option<SaleView> {
@@ -762,10 +768,7 @@ fn reservation_view(
         session_id: r.session_id.clone(),
         user_id: r.user_id.clone(),
         reference: r.reference.clone(),
-        metadata: r
-            .metadata
-            .as_deref()
-            .and_then(|m| serde_json::from_str(m).ok()),
+        metadata: parse_metadata(r.metadata.as_deref()),
         sold_items: r.sold.as_ref().map(|sold| {
             r.items
                 .iter()
@@ -778,6 +781,11 @@ fn reservation_view(
         }),
         reacquired: r.reacquired,
     }
+}
+
+/// Client metadata is kept as JSON text in the log.
+fn parse_metadata(text: Option<&str>) -> Option<serde_json::Value> {
+    text.and_then(|m| serde_json::from_str(m).ok())
 }
 
 /// The actor that owns a reservation's status and timer: the one of its smallest SKU.

@@ -64,6 +64,36 @@ pub struct ReservationView {
     pub reacquired: bool,
 }
 
+impl ReservationView {
+    /// A reservation as its creation answers it. The engine (live) and the ledger (repeats
+    /// of the same operation id) both build it here, so both answers are the same.
+    #[allow(clippy::too_many_arguments)]
+    pub fn created(
+        id: Uuid,
+        items: Vec<Item>,
+        created_at_ms: i64,
+        expires_at_ms: i64,
+        session_id: Option<String>,
+        user_id: Option<String>,
+        reference: Option<String>,
+        metadata: Option<serde_json::Value>,
+    ) -> ReservationView {
+        ReservationView {
+            id,
+            status: "active",
+            items,
+            created_at: rfc3339_ms(created_at_ms),
+            expires_at: rfc3339_ms(expires_at_ms),
+            session_id,
+            user_id,
+            reference,
+            metadata,
+            sold_items: None,
+            reacquired: false,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct SaleView {
     pub id: Uuid,

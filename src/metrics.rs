@@ -11,17 +11,58 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+// Labels are static strings: counting a request allocates nothing.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    pub method: String,
-    pub route: String,
+    pub method: &'static str,
+    pub route: &'static str,
     pub status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
-    pub method: String,
-    pub route: String,
+    pub method: &'static str,
+    pub route: &'static str,
+}
+
+/// The label for a matched route (a fixed set; anything else is "other").
+pub fn route_label(route: &str) -> &'static str {
+    const ROUTES: [&str; 19] = [
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/openapi.json",
+        "/v1/products",
+        "/v1/products/{sku}",
+        "/v1/products/{sku}/restock",
+        "/v1/products/{sku}/adjust",
+        "/v1/products/{sku}/returns",
+        "/v1/products/{sku}/history",
+        "/v1/availability",
+        "/v1/reservations",
+        "/v1/reservations/{id}",
+        "/v1/reservations/{id}/complete",
+        "/v1/reservations/{id}/cancel",
+        "/v1/reservations/{id}/extend",
+        "/v1/sales",
+        "/v1/sales/{id}",
+        "unmatched",
+    ];
+    ROUTES.into_iter().find(|r| *r == route).unwrap_or("other")
+}
+
+pub fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
 }
 
 pub struct Metrics {
@@ -124,18 +165,20 @@ impl Metrics {
         self.log_bytes.inc_by(bytes as u64);
     }
 
-    pub fn observe_request(&self, method: &str, route: &str, status: u16, took: Duration) {
-        let labels = RouteLabels {
-            method: method.to_string(),
-            route: route.to_string(),
-        };
+    pub fn observe_request(
+        &self,
+        method: &'static str,
+        route: &'static str,
+        status: u16,
+        took: Duration,
+    ) {
         self.http_request_seconds
-            .get_or_create(&labels)
+            .get_or_create(&RouteLabels { method, route })
             .observe(took.as_secs_f64());
         self.http_requests
             .get_or_create(&RequestLabels {
-                method: labels.method,
-                route: labels.route,
+                method,
+                route,
                 status,
             })
             .inc();

@@ -29,12 +29,23 @@ use crate::engine::Engine;
 use error::{ApiError, Problem};
 use extract::BodyTimeout;
 
+/// Everything a handler needs, behind one `Arc` (each middleware and handler clones it).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppShared>);
+
+pub struct AppShared {
     pub engine: Engine,
     in_flight: Arc<Semaphore>,
-    tokens: Arc<Tokens>,
+    tokens: Tokens,
     request_timeout: Duration,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppShared;
+
+    fn deref(&self) -> &AppShared {
+        &self.0
+    }
 }
 
 /// Limits of the HTTP front.
@@ -70,12 +81,12 @@ impl utoipa::Modify for BearerAuth {
 }
 
 pub fn router(engine: Engine, limits: HttpLimits, tokens: Tokens) -> Router {
-    let state = AppState {
+    let state = AppState(Arc::new(AppShared {
         engine,
         in_flight: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
-        tokens: Arc::new(tokens),
+        tokens,
         request_timeout: limits.request_timeout,
-    };
+    }));
     let protected = OpenApiRouter::new()
         .routes(routes!(products::list))
         .routes(routes!(products::get, products::put))
@@ -132,8 +143,7 @@ async fn shed_load(State(state): State<AppState>, mut request: Request, next: Ne
     let route = request
         .extensions()
         .get::<MatchedPath>()
-        .map_or("unmatched", |p| p.as_str())
-        .to_string();
+        .map_or("unmatched", |p| crate::metrics::route_label(p.as_str()));
     let response = match state.in_flight.clone().try_acquire_owned() {
         Err(_) => ApiError::overloaded().into_response(),
         Ok(_permit) => {
@@ -151,8 +161,8 @@ async fn shed_load(State(state): State<AppState>, mut request: Request, next: Ne
         }
     };
     state.engine.counters().observe_request(
-        method.as_str(),
-        &route,
+        crate::metrics::method_label(&method),
+        route,
         response.status().as_u16(),
         started.elapsed(),
     );

@@ -1,23 +1,39 @@
-//! Durable reserves through the engine (no HTTP): one hot SKU, many concurrent callers.
-//! Every measured reserve is acknowledged only after its record is fdatasynced.
-//! Prints records per fsync for each concurrency level next to criterion's figures.
+//! Engine benches (criterion), no HTTP. Every measured reserve is answered only after its
+//! record is fdatasynced. Prints records per fsync next to criterion's figures.
+//!
+//! - durable reserves, one hot SKU and uniform over 10,000 SKUs, 1 / 64 / 1,024 callers
+//! - reserve + complete flows, 64 callers
+//! - record encode / decode
+//! - replay of a 1,000,000-record log (records/s)
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use stockd::clock::SystemClock;
 use stockd::config::EngineConfig;
-use stockd::engine::requests::{ItemRequest, PutProduct, Reserve};
+use stockd::domain::{Item, Sku};
+use stockd::engine::requests::{Complete, ItemRequest, PutProduct, Reserve};
 use stockd::engine::Engine;
+use stockd::ledger::Ledger;
+use stockd::wal::frame::{encode_record, read_frame, Frame};
+use stockd::wal::record::decode_payload;
+use stockd::wal::replay::{replay, Mode};
+use stockd::wal::segment::{file_name, header};
+use stockd::wal::{Event, Record};
+use uuid::Uuid;
 
-fn reserve_request() -> Reserve {
+const UNIFORM_SKUS: usize = 10_000;
+
+/// The server's allocator, so the figures are the server's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn reserve(sku: String) -> Reserve {
     Reserve {
         id: None,
-        items: vec![ItemRequest {
-            sku: "HOT".into(),
-            quantity: 1,
-        }],
+        items: vec![ItemRequest { sku, quantity: 1 }],
         ttl_seconds: Some(3600),
         session_id: None,
         user_id: None,
@@ -26,77 +42,258 @@ fn reserve_request() -> Reserve {
     }
 }
 
-fn hot_sku(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .expect("runtime");
-    let dir = tempfile::tempdir().expect("tempdir");
+        .expect("runtime")
+}
+
+/// An engine on a fresh directory with `skus` products of ample stock.
+fn engine_with(
+    runtime: &tokio::runtime::Runtime,
+    dir: &std::path::Path,
+    skus: &[String],
+) -> Engine {
     let config = EngineConfig {
-        data_dir: dir.path().join("data"),
+        data_dir: dir.join("data"),
         ..EngineConfig::default()
     };
-    let engine = runtime.block_on(async {
+    runtime.block_on(async {
         let (engine, _) = Engine::open(&config, Arc::new(SystemClock), Box::new(|m| panic!("{m}")))
             .await
             .expect("open");
-        let product = PutProduct {
-            on_hand: Some(1_000_000_000_000),
-            ..PutProduct::default()
-        };
+        for sku in skus {
+            let product = PutProduct {
+                on_hand: Some(1_000_000_000_000),
+                ..PutProduct::default()
+            };
+            engine
+                .put_product("bench", sku, product, None)
+                .await
+                .expect("product");
+        }
         engine
-            .put_product("bench", "HOT", product, None)
-            .await
-            .expect("product");
-        engine
-    });
+    })
+}
 
-    let mut group = c.benchmark_group("durable_reserve_hot_sku");
+/// Runs `per_caller` operations on each of `callers` tasks; time per operation as if `iters`.
+fn run_callers<F, Fut>(
+    runtime: &tokio::runtime::Runtime,
+    iters: u64,
+    callers: usize,
+    op: F,
+) -> Duration
+where
+    F: Fn(u64) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    runtime.block_on(async move {
+        let per_caller = (iters as usize).div_ceil(callers);
+        let next = Arc::new(AtomicU64::new(0));
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..callers)
+            .map(|_| {
+                let (op, next) = (op.clone(), next.clone());
+                tokio::spawn(async move {
+                    for _ in 0..per_caller {
+                        op(next.fetch_add(1, Ordering::Relaxed)).await;
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("task");
+        }
+        start
+            .elapsed()
+            .mul_f64(iters as f64 / (per_caller * callers) as f64)
+    })
+}
+
+fn durable_reserves(c: &mut Criterion) {
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let uniform: Vec<String> = (0..UNIFORM_SKUS).map(|i| format!("SKU-{i:05}")).collect();
+    let mut skus = uniform.clone();
+    skus.push("HOT".into());
+    let engine = engine_with(&rt, dir.path(), &skus);
+    let uniform = Arc::new(uniform);
+
+    for (group_name, hot) in [
+        ("durable_reserve_hot_sku", true),
+        ("durable_reserve_uniform_10k_skus", false),
+    ] {
+        let mut group = c.benchmark_group(group_name);
+        group.throughput(Throughput::Elements(1));
+        group.sample_size(10);
+        group.measurement_time(Duration::from_secs(6));
+        for callers in [1usize, 64, 1024] {
+            let (fsyncs_before, records_before) = engine.log_counters();
+            group.bench_with_input(
+                BenchmarkId::from_parameter(callers),
+                &callers,
+                |b, &callers| {
+                    b.iter_custom(|iters| {
+                        let (engine, uniform) = (engine.clone(), uniform.clone());
+                        run_callers(&rt, iters, callers, move |n| {
+                            let (engine, uniform) = (engine.clone(), uniform.clone());
+                            async move {
+                                let sku = if hot {
+                                    "HOT".to_string()
+                                } else {
+                                    uniform[(n as usize * 7919) % UNIFORM_SKUS].clone()
+                                };
+                                engine
+                                    .reserve("bench", reserve(sku))
+                                    .await
+                                    .expect("reserve");
+                            }
+                        })
+                    })
+                },
+            );
+            let (fsyncs, records) = engine.log_counters();
+            let ratio = (records - records_before) as f64 / (fsyncs - fsyncs_before).max(1) as f64;
+            eprintln!("{group_name}/{callers}: {ratio:.1} records per fsync");
+        }
+        group.finish();
+    }
+
+    let mut group = c.benchmark_group("durable_reserve_then_complete");
     group.throughput(Throughput::Elements(1));
     group.sample_size(10);
-    group.measurement_time(Duration::from_secs(8));
-    for callers in [1usize, 64, 1024] {
-        let (fsyncs_before, records_before) = engine.log_counters();
-        group.bench_with_input(
-            BenchmarkId::from_parameter(callers),
-            &callers,
-            |b, &callers| {
-                b.iter_custom(|iters| {
-                    let engine = engine.clone();
-                    runtime.block_on(async move {
-                        let per_caller = (iters as usize).div_ceil(callers);
-                        let start = Instant::now();
-                        let tasks: Vec<_> = (0..callers)
-                            .map(|_| {
-                                let engine = engine.clone();
-                                tokio::spawn(async move {
-                                    for _ in 0..per_caller {
-                                        engine
-                                            .reserve("bench", reserve_request())
-                                            .await
-                                            .expect("reserve");
-                                    }
-                                })
-                            })
-                            .collect();
-                        for t in tasks {
-                            t.await.expect("task");
-                        }
-                        // Time per reserve, as if exactly `iters` were done.
-                        start
-                            .elapsed()
-                            .mul_f64(iters as f64 / (per_caller * callers) as f64)
-                    })
-                })
-            },
-        );
-        let (fsyncs, records) = engine.log_counters();
-        let ratio = (records - records_before) as f64 / (fsyncs - fsyncs_before).max(1) as f64;
-        eprintln!("durable_reserve_hot_sku/{callers}: {ratio:.1} records per fsync");
-    }
+    group.measurement_time(Duration::from_secs(6));
+    group.bench_function("64_callers_uniform_10k_skus", |b| {
+        b.iter_custom(|iters| {
+            let (engine, uniform) = (engine.clone(), uniform.clone());
+            run_callers(&rt, iters, 64, move |n| {
+                let (engine, uniform) = (engine.clone(), uniform.clone());
+                async move {
+                    let sku = uniform[(n as usize * 7919) % UNIFORM_SKUS].clone();
+                    let r = engine
+                        .reserve("bench", reserve(sku))
+                        .await
+                        .expect("reserve");
+                    engine
+                        .complete("bench", r.id, Complete::default())
+                        .await
+                        .expect("complete");
+                }
+            })
+        })
+    });
     group.finish();
 }
 
-criterion_group!(benches, hot_sku);
+fn sample_record(i: u64) -> Record {
+    Record {
+        at_ms: 1_795_000_000_000 + i as i64,
+        actor: "checkout".into(),
+        op_id: Uuid::from_u128(i as u128 + 1),
+        event: Event::Reserved {
+            items: vec![Item {
+                sku: Sku::parse(&format!("SKU-{:05}", i % 1000)).expect("sku"),
+                quantity: 1,
+            }],
+            expires_at_ms: 1_795_000_900_000 + i as i64,
+            session_id: Some("session-1234".into()),
+            user_id: None,
+            reference: None,
+            metadata: None,
+            fingerprint: 0,
+        },
+    }
+}
+
+fn codec(c: &mut Criterion) {
+    let record = sample_record(7);
+    let mut framed = Vec::new();
+    encode_record(&record, &mut framed).expect("encode");
+    let mut group = c.benchmark_group("record");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("encode_framed", |b| {
+        let mut out = Vec::with_capacity(256);
+        b.iter(|| {
+            out.clear();
+            encode_record(std::hint::black_box(&record), &mut out).expect("encode");
+        })
+    });
+    group.bench_function("check_and_decode", |b| {
+        b.iter(|| match read_frame(std::hint::black_box(&framed), 0) {
+            Frame::Valid { payload, .. } => decode_payload(payload).expect("decode"),
+            other => panic!("{other:?}"),
+        })
+    });
+    group.finish();
+    eprintln!(
+        "record: a single-item reservation frames to {} bytes",
+        framed.len()
+    );
+}
+
+/// A realistic log: 1,000 products, then reserves and completions taking turns.
+fn write_log(dir: &std::path::Path, records: u64) {
+    let mut bytes = header().to_vec();
+    for p in 0..1000u64 {
+        let put = Record {
+            at_ms: 1_795_000_000_000,
+            actor: "admin".into(),
+            op_id: Uuid::from_u128(u128::MAX - p as u128),
+            event: Event::ProductPut {
+                sku: Sku::parse(&format!("SKU-{p:05}")).expect("sku"),
+                created: true,
+                name: None,
+                low_stock_threshold: None,
+                on_hand: Some(1_000_000_000_000),
+                fingerprint: 0,
+            },
+        };
+        encode_record(&put, &mut bytes).expect("encode");
+    }
+    for i in 0..records - 1000 {
+        let record = if i % 2 == 0 {
+            sample_record(i)
+        } else {
+            Record {
+                at_ms: 1_795_000_000_000 + i as i64,
+                actor: "checkout".into(),
+                op_id: Uuid::from_u128(i as u128),
+                event: Event::Completed {
+                    reservation_id: Uuid::from_u128(i as u128),
+                    sold: vec![1],
+                    reacquired: false,
+                    reference: None,
+                },
+            }
+        };
+        encode_record(&record, &mut bytes).expect("encode");
+    }
+    std::fs::write(dir.join(file_name(1)), &bytes).expect("write log");
+}
+
+fn replay_speed(c: &mut Criterion) {
+    const RECORDS: u64 = 1_000_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_log(dir.path(), RECORDS);
+    let mut group = c.benchmark_group("replay");
+    group.throughput(Throughput::Elements(RECORDS));
+    group.sample_size(10);
+    group.bench_function("1m_records_into_ledger", |b| {
+        // The ledger is kept after a real replay: dropping it is not part of the start-up.
+        b.iter_with_large_drop(|| {
+            let mut ledger = Ledger::new();
+            let outcome = replay(dir.path(), Mode::ReadOnly, |record, _| {
+                ledger.apply(&record)
+            })
+            .expect("replay");
+            assert_eq!(outcome.records, RECORDS);
+            ledger
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, codec, replay_speed, durable_reserves);
 criterion_main!(benches);

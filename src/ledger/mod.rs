@@ -64,14 +64,44 @@ impl Action {
     }
 }
 
-/// What one record says about who and why; shared by the entries of a multi-item record.
+/// Who and why, for the history entries of one record. Compact and cheap to clone (one per
+/// item of a multi-item record): the actor name is interned, free text is allocated only when
+/// a record has some, and `metadata` is rendered to JSON only when read.
+#[derive(Debug, Clone)]
+struct Tag {
+    actor: Arc<str>,
+    reservation_id: Option<Uuid>,
+    marker: Marker,
+    detail: Option<Arc<Detail>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Marker {
+    None,
+    Released(ReleaseReason),
+    Reacquired,
+    Adjusted,
+}
+
 #[derive(Debug)]
-struct EntryMeta {
-    actor: String,
+struct Detail {
     reference: Option<String>,
     note: Option<String>,
-    reservation_id: Option<Uuid>,
-    metadata: Option<serde_json::Value>,
+    /// An adjustment's reason.
+    reason: Option<String>,
+}
+
+impl Tag {
+    fn metadata(&self) -> Option<serde_json::Value> {
+        match self.marker {
+            Marker::None => None,
+            Marker::Released(reason) => Some(serde_json::json!({ "reason": reason.as_str() })),
+            Marker::Reacquired => Some(serde_json::json!({ "reacquired": true })),
+            Marker::Adjusted => Some(
+                serde_json::json!({ "reason": self.detail.as_ref().and_then(|d| d.reason.clone()) }),
+            ),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -82,7 +112,7 @@ struct HistoryEntry {
     on_hand_after: u64,
     reserved_before: u64,
     reserved_after: u64,
-    meta: Arc<EntryMeta>,
+    tag: Tag,
 }
 
 #[derive(Debug, Clone)]
@@ -161,6 +191,8 @@ pub struct Ledger {
     /// Product-op ids in record order, to forget them after the retention period.
     product_op_order: VecDeque<(i64, Uuid)>,
     records: u64,
+    /// Actor names (token names, `anonymous`, `stockd`): few, so each is stored once.
+    actors: HashMap<String, Arc<str>>,
 }
 
 fn add(a: u64, b: u64, what: &str) -> Result<u64, String> {
@@ -179,6 +211,15 @@ impl Ledger {
         Ledger::default()
     }
 
+    fn intern(&mut self, actor: &str) -> Arc<str> {
+        if let Some(a) = self.actors.get(actor) {
+            return a.clone();
+        }
+        let a: Arc<str> = Arc::from(actor);
+        self.actors.insert(actor.to_string(), a.clone());
+        a
+    }
+
     pub fn records(&self) -> u64 {
         self.records
     }
@@ -187,14 +228,25 @@ impl Ledger {
     /// that was edited): replay reports it as corruption at that record.
     pub fn apply(&mut self, record: &Record) -> Result<(), String> {
         let at_ms = record.at_ms;
-        let meta = |reference: Option<&String>, note: Option<&String>, reservation_id, metadata| {
-            Arc::new(EntryMeta {
-                actor: record.actor.clone(),
-                reference: reference.cloned(),
-                note: note.cloned(),
+        let actor = self.intern(&record.actor);
+        let meta = |reference: Option<&String>,
+                    note: Option<&String>,
+                    reservation_id,
+                    marker,
+                    reason: Option<&String>| {
+            let detail = (reference.is_some() || note.is_some() || reason.is_some()).then(|| {
+                Arc::new(Detail {
+                    reference: reference.cloned(),
+                    note: note.cloned(),
+                    reason: reason.cloned(),
+                })
+            });
+            Tag {
+                actor: actor.clone(),
                 reservation_id,
-                metadata,
-            })
+                marker,
+                detail,
+            }
         };
         match &record.event {
             Event::ProductPut {
@@ -205,7 +257,7 @@ impl Ledger {
                 on_hand,
                 fingerprint,
             } => {
-                let m = meta(None, None, None, None);
+                let m = meta(None, None, None, Marker::None, None);
                 if *created {
                     if self.products.contains_key(sku) {
                         return Err(format!("product {sku} created twice"));
@@ -265,7 +317,7 @@ impl Ledger {
                     Action::Restock,
                     on_hand,
                     reserved,
-                    meta(reference.as_ref(), note.as_ref(), None, None),
+                    meta(reference.as_ref(), note.as_ref(), None, Marker::None, None),
                 );
                 self.remember_op(record, sku, "restock", *fingerprint, false);
             }
@@ -294,7 +346,8 @@ impl Ledger {
                     reference.as_ref(),
                     note.as_ref(),
                     None,
-                    Some(serde_json::json!({ "reason": reason })),
+                    Marker::Adjusted,
+                    Some(reason),
                 );
                 push(p, at_ms, Action::Adjust, on_hand, reserved, m);
                 self.remember_op(record, sku, "adjust", *fingerprint, false);
@@ -315,7 +368,7 @@ impl Ledger {
                     Action::Return,
                     on_hand,
                     reserved,
-                    meta(reference.as_ref(), note.as_ref(), None, None),
+                    meta(reference.as_ref(), note.as_ref(), None, Marker::None, None),
                 );
                 self.remember_op(record, sku, "return", *fingerprint, false);
             }
@@ -324,7 +377,7 @@ impl Ledger {
                 reference,
                 fingerprint,
             } => {
-                let m = meta(reference.as_ref(), None, None, None);
+                let m = meta(reference.as_ref(), None, None, Marker::None, None);
                 for item in items {
                     let p = self.product_mut(&item.sku)?;
                     let on_hand = sub(p.on_hand, item.quantity, "on_hand")?;
@@ -356,7 +409,13 @@ impl Ledger {
                 if self.reservations.contains_key(&record.op_id) {
                     return Err(format!("reservation {} created twice", record.op_id));
                 }
-                let m = meta(reference.as_ref(), None, Some(record.op_id), None);
+                let m = meta(
+                    reference.as_ref(),
+                    None,
+                    Some(record.op_id),
+                    Marker::None,
+                    None,
+                );
                 for item in items {
                     let p = self.product_mut(&item.sku)?;
                     let reserved = add(p.reserved, item.quantity, "reserved")?;
@@ -409,8 +468,18 @@ impl Ledger {
                     ));
                 }
                 let items = r.items.clone();
-                let metadata = reacquired.then(|| serde_json::json!({ "reacquired": true }));
-                let m = meta(reference.as_ref(), None, Some(*reservation_id), metadata);
+                let marker = if *reacquired {
+                    Marker::Reacquired
+                } else {
+                    Marker::None
+                };
+                let m = meta(
+                    reference.as_ref(),
+                    None,
+                    Some(*reservation_id),
+                    marker,
+                    None,
+                );
                 for (item, sold_qty) in items.iter().zip(sold) {
                     if *sold_qty > item.quantity {
                         return Err(format!(
@@ -461,7 +530,8 @@ impl Ledger {
                     None,
                     note.as_ref(),
                     Some(*reservation_id),
-                    Some(serde_json::json!({ "reason": reason.as_str() })),
+                    Marker::Released(*reason),
+                    None,
                 );
                 for item in &items {
                     let p = self.product_mut(&item.sku)?;
@@ -614,11 +684,11 @@ impl Ledger {
                 change: e.on_hand_after as i64 - e.on_hand_before as i64,
                 reserved_before: e.reserved_before,
                 reserved_after: e.reserved_after,
-                actor: e.meta.actor.clone(),
-                reference: e.meta.reference.clone(),
-                reservation_id: e.meta.reservation_id,
-                note: e.meta.note.clone(),
-                metadata: e.meta.metadata.clone(),
+                actor: e.tag.actor.to_string(),
+                reference: e.tag.detail.as_ref().and_then(|d| d.reference.clone()),
+                reservation_id: e.tag.reservation_id,
+                note: e.tag.detail.as_ref().and_then(|d| d.note.clone()),
+                metadata: e.tag.metadata(),
             });
         }
         Some((out, next))
@@ -731,14 +801,7 @@ impl Ledger {
     }
 }
 
-fn push(
-    p: &mut Product,
-    at_ms: i64,
-    action: Action,
-    on_hand: u64,
-    reserved: u64,
-    meta: Arc<EntryMeta>,
-) {
+fn push(p: &mut Product, at_ms: i64, action: Action, on_hand: u64, reserved: u64, tag: Tag) {
     p.history.push(HistoryEntry {
         at_ms,
         action,
@@ -746,7 +809,7 @@ fn push(
         on_hand_after: on_hand,
         reserved_before: p.reserved,
         reserved_after: reserved,
-        meta,
+        tag,
     });
     p.on_hand = on_hand;
     p.reserved = reserved;

@@ -189,12 +189,14 @@ pub struct ReacquireMsg {
     pub reply: Reply,
 }
 
+/// Large payloads are boxed: a mailbox allocates its slots in blocks of 32 messages, so the
+/// size of `Msg` is paid 32 times by every actor, busy or idle.
 #[derive(Debug)]
 pub enum Msg {
-    Put(PutMsg),
-    Add(AddMsg),
-    Adjust(AdjustMsg),
-    Finish(FinishMsg),
+    Put(Box<PutMsg>),
+    Add(Box<AddMsg>),
+    Adjust(Box<AdjustMsg>),
+    Finish(Box<FinishMsg>),
     Tentative(TentativeMsg),
     /// The operation holding tentative `key` was logged at `lsn`: make it real.
     Commit {
@@ -205,10 +207,10 @@ pub enum Msg {
     Abort {
         key: Uuid,
     },
-    Complete(CompleteMsg),
-    Cancel(CancelMsg),
-    Extend(ExtendMsg),
-    ReacquireFinish(ReacquireMsg),
+    Complete(Box<CompleteMsg>),
+    Cancel(Box<CancelMsg>),
+    Extend(Box<ExtendMsg>),
+    ReacquireFinish(Box<ReacquireMsg>),
     ReacquireAbort {
         id: Uuid,
     },

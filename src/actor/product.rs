@@ -235,17 +235,17 @@ impl ProductActor {
 
     fn handle(&mut self, msg: Msg) {
         match msg {
-            Msg::Put(m) => self.put(m),
-            Msg::Add(m) => self.add(m),
-            Msg::Adjust(m) => self.adjust(m),
-            Msg::Finish(m) => self.finish(m),
+            Msg::Put(m) => self.put(*m),
+            Msg::Add(m) => self.add(*m),
+            Msg::Adjust(m) => self.adjust(*m),
+            Msg::Finish(m) => self.finish(*m),
             Msg::Tentative(m) => self.tentative(m),
             Msg::Commit { key, lsn } => self.commit(key, lsn),
             Msg::Abort { key } => self.abort(key),
-            Msg::Complete(m) => self.complete(m),
-            Msg::Cancel(m) => self.cancel(m),
-            Msg::Extend(m) => self.extend(m),
-            Msg::ReacquireFinish(m) => self.reacquire_finish(m),
+            Msg::Complete(m) => self.complete(*m),
+            Msg::Cancel(m) => self.cancel(*m),
+            Msg::Extend(m) => self.extend(*m),
+            Msg::ReacquireFinish(m) => self.reacquire_finish(*m),
             Msg::ReacquireAbort { id } => {
                 if let Some(h) = self.homes.get_mut(&id) {
                     h.busy = false;
@@ -276,7 +276,7 @@ impl ProductActor {
         if !created && new_on_hand < self.on_hand {
             match self.check(self.on_hand - new_on_hand) {
                 Check::Ok => {}
-                Check::Defer => return self.defer(Msg::Put(m)),
+                Check::Defer => return self.defer(Msg::Put(Box::new(m))),
                 Check::Refuse { .. } | Check::NotFound => {
                     let _ = m.reply.send(Err(Refusal::Conflict {
                         detail: format!(
@@ -380,7 +380,7 @@ impl ProductActor {
         } else {
             match self.check(magnitude) {
                 Check::Ok => self.on_hand - magnitude,
-                Check::Defer => return self.defer(Msg::Adjust(m)),
+                Check::Defer => return self.defer(Msg::Adjust(Box::new(m))),
                 Check::Refuse { .. } | Check::NotFound => {
                     let _ = m.reply.send(Err(Refusal::Conflict {
                         detail: format!(
@@ -416,7 +416,7 @@ impl ProductActor {
         let own = self.own_quantity(&m.items);
         match self.check(own) {
             Check::Ok => {}
-            Check::Defer => return self.defer(Msg::Finish(m)),
+            Check::Defer => return self.defer(Msg::Finish(Box::new(m))),
             Check::NotFound => {
                 let _ = m.reply.send(Err(Refusal::NotFound));
                 return;
@@ -785,7 +785,7 @@ impl ProductActor {
         let own = m.sold[own_index];
         match self.check(own) {
             Check::Ok => {}
-            Check::Defer => return self.defer(Msg::ReacquireFinish(m)),
+            Check::Defer => return self.defer(Msg::ReacquireFinish(Box::new(m))),
             Check::Refuse { available } => {
                 self.homes.get_mut(&m.id).expect("home").busy = false;
                 let _ = m.reply.send(Err(Refusal::Stock {

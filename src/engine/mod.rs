@@ -463,14 +463,14 @@ impl Engine {
             fp,
             tx,
             move |op, reply| {
-                Msg::Put(PutMsg {
+                Msg::Put(Box::new(PutMsg {
                     op,
                     name: req.name,
                     low_stock_threshold: req.low_stock_threshold,
                     on_hand: req.on_hand,
                     if_match,
                     reply,
-                })
+                }))
             },
             actor,
         )
@@ -523,7 +523,7 @@ impl Engine {
                 fp,
                 tx,
                 move |op, reply| {
-                    Msg::Add(AddMsg {
+                    Msg::Add(Box::new(AddMsg {
                         op,
                         change,
                         quantity: req.quantity,
@@ -531,7 +531,7 @@ impl Engine {
                         note: req.note,
                         if_match,
                         reply,
-                    })
+                    }))
                 },
                 actor,
             )
@@ -557,7 +557,7 @@ impl Engine {
                 fp,
                 tx,
                 move |op, reply| {
-                    Msg::Adjust(AdjustMsg {
+                    Msg::Adjust(Box::new(AdjustMsg {
                         op,
                         delta: req.delta,
                         reason: req.reason,
@@ -565,7 +565,7 @@ impl Engine {
                         note: req.note,
                         if_match,
                         reply,
-                    })
+                    }))
                 },
                 actor,
             )
@@ -694,13 +694,13 @@ impl Engine {
             ));
         };
         let finish = |reply| {
-            Msg::Finish(FinishMsg {
+            Msg::Finish(Box::new(FinishMsg {
                 op,
                 items: items.clone(),
                 kind,
                 reference,
                 reply,
-            })
+            }))
         };
         match self.finish_at_home(&home_tx, finish, &granted, key).await {
             Ok(answer) => Ok(answer),
@@ -870,13 +870,13 @@ impl Engine {
             let reference = req.reference.clone();
             let answer = engine
                 .ask(&tx, |reply| {
-                    Msg::Complete(CompleteMsg {
+                    Msg::Complete(Box::new(CompleteMsg {
                         id,
                         actor: actor.clone(),
                         items: partial,
                         reference: reference.clone(),
                         reply,
-                    })
+                    }))
                 })
                 .await;
             let lsn = match answer {
@@ -927,13 +927,13 @@ impl Engine {
             }
         };
         let finish = |reply| {
-            Msg::ReacquireFinish(ReacquireMsg {
+            Msg::ReacquireFinish(Box::new(ReacquireMsg {
                 id,
                 actor,
                 sold,
                 reference,
                 reply,
-            })
+            }))
         };
         match self.finish_at_home(home_tx, finish, &granted, key).await {
             Ok(answer) => Ok(answer.lsn().expect("a completion is logged")),
@@ -967,12 +967,12 @@ impl Engine {
         Self::detached(async move {
             match engine
                 .ask(&tx, |reply| {
-                    Msg::Cancel(CancelMsg {
+                    Msg::Cancel(Box::new(CancelMsg {
                         id,
                         actor,
                         note: req.reason,
                         reply,
-                    })
+                    }))
                 })
                 .await
             {
@@ -999,12 +999,12 @@ impl Engine {
         Self::detached(async move {
             match engine
                 .ask(&tx, |reply| {
-                    Msg::Extend(ExtendMsg {
+                    Msg::Extend(Box::new(ExtendMsg {
                         id,
                         actor,
                         ttl_ms: req.ttl_seconds * 1000,
                         reply,
-                    })
+                    }))
                 })
                 .await
             {

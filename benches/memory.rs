@@ -1,0 +1,129 @@
+//! Memory of a large catalog and many holds (not a criterion bench: it prints RSS figures).
+//!
+//!   cargo bench --bench memory -- [--skus 1000000]
+//!
+//! Creates N products through the engine (each durably logged), reports resident memory,
+//! then holds one unit of each (N active reservations) and reports again.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use stockd::clock::SystemClock;
+use stockd::config::EngineConfig;
+use stockd::engine::requests::{ItemRequest, PutProduct, Reserve};
+use stockd::engine::Engine;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0.0);
+    kib / 1024.0
+}
+
+/// Runs `n` operations with 1,024 concurrent callers.
+async fn fan_out<F, Fut>(n: usize, op: F)
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let callers = 1024.min(n.max(1));
+    let tasks: Vec<_> = (0..callers)
+        .map(|c| {
+            let op = op.clone();
+            tokio::spawn(async move {
+                let mut i = c;
+                while i < n {
+                    op(i).await;
+                    i += callers;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("task");
+    }
+}
+
+fn main() {
+    let mut skus = 1_000_000usize;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        if a == "--skus" {
+            skus = args.next().and_then(|v| v.parse().ok()).expect("--skus N");
+        }
+    }
+    let skus = skus.clamp(1, 5_000_000);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = EngineConfig {
+        data_dir: dir.path().join("data"),
+        ..EngineConfig::default()
+    };
+    runtime.block_on(async {
+        let (engine, _) = Engine::open(&config, Arc::new(SystemClock), Box::new(|m| panic!("{m}")))
+            .await
+            .expect("open");
+        let base = rss_mib();
+        let started = Instant::now();
+        let e = engine.clone();
+        fan_out(skus, move |i| {
+            let e = e.clone();
+            async move {
+                let product = PutProduct {
+                    on_hand: Some(10),
+                    ..PutProduct::default()
+                };
+                e.put_product("bench", &format!("SKU-{i:07}"), product, None).await.expect("product");
+            }
+        })
+        .await;
+        let catalog = rss_mib();
+        println!(
+            "{skus} products created in {:.1} s: RSS {:.0} MiB ({:.0} MiB above the empty engine's {:.0} MiB; {:.0} bytes per product)",
+            started.elapsed().as_secs_f64(),
+            catalog,
+            catalog - base,
+            base,
+            (catalog - base) * 1024.0 * 1024.0 / skus as f64
+        );
+        let started = Instant::now();
+        let e = engine.clone();
+        fan_out(skus, move |i| {
+            let e = e.clone();
+            async move {
+                let reserve = Reserve {
+                    id: None,
+                    items: vec![ItemRequest {
+                        sku: format!("SKU-{i:07}"),
+                        quantity: 1,
+                    }],
+                    ttl_seconds: Some(3600),
+                    session_id: None,
+                    user_id: None,
+                    reference: None,
+                    metadata: None,
+                };
+                e.reserve("bench", reserve).await.expect("reserve");
+            }
+        })
+        .await;
+        let held = rss_mib();
+        println!(
+            "{skus} active holds added in {:.1} s: RSS {:.0} MiB ({:.0} MiB more; {:.0} bytes per hold)",
+            started.elapsed().as_secs_f64(),
+            held,
+            held - catalog,
+            (held - catalog) * 1024.0 * 1024.0 / skus as f64
+        );
+    });
+}

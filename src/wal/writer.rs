@@ -282,10 +282,12 @@ impl Writer {
             }
             let started = std::time::Instant::now();
             if let Err(e) = self.write_batch(&buf) {
-                self.durability.fail();
+                // Report first, then fail the waiters: whoever sees a 503 can count on the
+                // failure being logged and the shutdown under way.
                 let message = describe_failure(&e);
                 tracing::error!("{message}");
                 on_fatal(message);
+                self.durability.fail();
                 return;
             }
             let last_lsn = batch.last().map(|p| p.lsn).unwrap_or(0);

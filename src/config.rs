@@ -52,6 +52,9 @@ pub struct ServerConfig {
     /// may still commit.
     #[arg(long, env = "STOCKD_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
     pub request_timeout_ms: u64,
+    /// Async runtime threads (0: one per core).
+    #[arg(long, env = "STOCKD_WORKER_THREADS", default_value_t = 0)]
+    pub worker_threads: usize,
     /// File of tokens, one `name role secret` a line (roles: admin, checkout, read). Tokens may
     /// also be given as STOCKD_TOKENS="name:role:secret,...". None: no auth, loopback only.
     #[arg(long)]

@@ -1142,3 +1142,47 @@ async fn openapi_document_matches_the_routes() {
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
     assert!(doc["components"]["responses"]["Problem"].is_object());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_report_requests_group_commit_and_stock() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(&dir.path().join("data"));
+    s.product("M1", 10).await;
+    s.product("M2", 10).await;
+    let (_, r) = s.reserve(&[("M1", 2)], 600).await;
+    s.reserve(&[("M2", 1)], 600).await;
+    s.post(
+        &format!("/v1/reservations/{}/cancel", r["id"].as_str().unwrap()),
+        json!({}),
+    )
+    .await;
+    s.reserve(&[("M1", 99)], 600).await; // refused
+    let text = s
+        .client
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("{name} missing from:\n{text}"))
+    };
+    assert_eq!(value("stockd_products "), 2.0);
+    assert_eq!(value("stockd_active_reservations "), 1.0);
+    // 5 records (2 products, 2 reservations, 1 cancel) in at least one fsync.
+    assert_eq!(value("stockd_log_records_per_fsync_sum "), 5.0);
+    assert!(value("stockd_log_records_per_fsync_count ") >= 1.0);
+    assert!(value("stockd_log_fsync_seconds_count ") >= 1.0);
+    assert!(value("stockd_log_written_bytes_total ") > 5.0 * 8.0);
+    assert_eq!(value("stockd_mailbox_rejections_total "), 0.0);
+    assert_eq!(value("stockd_http_requests_total{method=\"POST\",route=\"/v1/reservations\",status=\"201\"} "), 2.0);
+    assert_eq!(value("stockd_http_requests_total{method=\"POST\",route=\"/v1/reservations\",status=\"409\"} "), 1.0);
+    assert!(
+        text.contains("stockd_http_request_seconds_bucket{"),
+        "latency histogram missing"
+    );
+}

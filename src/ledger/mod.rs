@@ -191,6 +191,8 @@ pub struct Ledger {
     /// Product-op ids in record order, to forget them after the retention period.
     product_op_order: VecDeque<(i64, Uuid)>,
     records: u64,
+    /// Active reservations.
+    active: usize,
     /// Actor names (token names, `anonymous`, `stockd`): few, so each is stored once.
     actors: HashMap<String, Arc<str>>,
 }
@@ -428,6 +430,7 @@ impl Ledger {
                     let on_hand = p.on_hand;
                     push(p, at_ms, Action::Reserve, on_hand, reserved, m.clone());
                 }
+                self.active += 1;
                 self.reservations.insert(
                     record.op_id,
                     Reservation {
@@ -509,6 +512,9 @@ impl Ledger {
                 r.status = ReservationStatus::Completed;
                 r.sold = Some(sold.clone());
                 r.reacquired = *reacquired;
+                if !*reacquired {
+                    self.active -= 1;
+                }
             }
             Event::Released {
                 reservation_id,
@@ -549,6 +555,7 @@ impl Ledger {
                         ReservationStatus::Cancelled
                     }
                 };
+                self.active -= 1;
             }
             Event::Extended {
                 reservation_id,
@@ -752,16 +759,25 @@ impl Ledger {
         self.reservations.iter()
     }
 
+    /// Reservations holding stock (kept as records apply: read at every metrics scrape).
     pub fn active_reservations(&self) -> usize {
-        self.reservations
-            .values()
-            .filter(|r| r.status == ReservationStatus::Active)
-            .count()
+        self.active
     }
 
     /// Invariants 1 and 7 over the whole ledger: 0 <= reserved <= on_hand, reserved equals the
     /// sum of active holds, and each product's history chains (before = previous after).
     pub fn check_invariants(&self) -> Result<(), String> {
+        let active = self
+            .reservations
+            .values()
+            .filter(|r| r.status == ReservationStatus::Active)
+            .count();
+        if active != self.active {
+            return Err(format!(
+                "{active} active reservations, counted {}",
+                self.active
+            ));
+        }
         let mut held: HashMap<&Sku, u64> = HashMap::new();
         for r in self
             .reservations

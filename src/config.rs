@@ -24,6 +24,10 @@ pub struct EngineConfig {
     /// Requests one actor may park while multi-item operations settle.
     #[arg(long, env = "STOCKD_DEFERRED_CAPACITY", default_value_t = 4096)]
     pub deferred_capacity: usize,
+    /// A product actor idle this long with nothing held passivates into a few bytes and is
+    /// revived by its next request (0: never).
+    #[arg(long, env = "STOCKD_PASSIVATE_AFTER_MS", default_value_t = 30_000)]
+    pub passivate_after_ms: u64,
 }
 
 impl Default for EngineConfig {
@@ -35,6 +39,7 @@ impl Default for EngineConfig {
             log_batch_max_bytes: 4 * 1024 * 1024,
             mailbox_capacity: 4096,
             deferred_capacity: 4096,
+            passivate_after_ms: 30_000,
         }
     }
 }

@@ -76,6 +76,8 @@ pub struct Metrics {
     pub log_queue_rejections: Counter,
     pub active_reservations: Gauge,
     pub products: Gauge,
+    pub live_actors: Gauge,
+    pub passive_products: Gauge,
 }
 
 impl Default for Metrics {
@@ -99,6 +101,8 @@ impl Metrics {
         let log_queue_rejections = Counter::default();
         let active_reservations = Gauge::default();
         let products = Gauge::default();
+        let live_actors = Gauge::default();
+        let passive_products = Gauge::default();
         registry.register(
             "http_requests",
             "HTTP requests by method, route and status",
@@ -144,6 +148,16 @@ impl Metrics {
             "Products in the catalog (durable)",
             products.clone(),
         );
+        registry.register(
+            "live_actors",
+            "Product actors running (the rest are passive)",
+            live_actors.clone(),
+        );
+        registry.register(
+            "passive_products",
+            "Products whose idle actor passivated",
+            passive_products.clone(),
+        );
         Metrics {
             registry,
             http_requests,
@@ -155,6 +169,8 @@ impl Metrics {
             log_queue_rejections,
             active_reservations,
             products,
+            live_actors,
+            passive_products,
         }
     }
 

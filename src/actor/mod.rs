@@ -1,18 +1,25 @@
 //! Product actors: one tokio task per SKU owns that product's live counts, its holds and their
 //! expiry, and serialises every change to them. Nothing here touches the disk: an actor hands
 //! its record to the log writer (early lock release) and moves on; the caller waits for the
-//! record to be durable before answering the client.
+//! record to be durable before answering the client. Idle actors that hold nothing passivate
+//! (see [`registry`]) and are revived by the next message for their product.
 
 pub mod messages;
 pub mod product;
 pub mod registry;
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::RwLock;
+use tokio::sync::mpsc;
 
 pub use messages::{Answer, HoldOutcome, Msg, OpCtx, Refusal, Reply, TentativeKind};
 pub use registry::Registry;
 
 use crate::clock::Clock;
+use crate::domain::Sku;
+use crate::ledger::Ledger;
 use crate::wal::Log;
 
 /// What every actor shares.
@@ -21,9 +28,60 @@ pub struct Shared {
     pub metrics: Arc<crate::metrics::Metrics>,
     pub clock: Arc<dyn Clock>,
     pub registry: Registry,
+    /// Durable state: where an actor finds reservations it ended and no longer keeps.
+    pub ledger: Arc<RwLock<Ledger>>,
+    pub mailbox_capacity: usize,
     /// Requests an actor may park while multi-item operations settle (bounded).
     pub deferred_capacity: usize,
+    /// An actor idle this long with nothing held passivates; None: never.
+    pub passivate_after: Option<Duration>,
 }
 
 /// The `actor` recorded for the server's own decisions (expiry).
 pub const SYSTEM_ACTOR: &str = "stockd";
+
+/// Attempts to deliver one message while the target passivates and revives; more means a
+/// broken invariant (an actor that holds something never passivates).
+const DELIVERY_ATTEMPTS: usize = 8;
+
+fn spawn_for(
+    shared: &Arc<Shared>,
+) -> impl Fn(Sku, Option<registry::Passive>, u64) -> mpsc::Sender<Msg> + '_ {
+    move |sku, passive, incarnation| {
+        let seed = match passive {
+            Some(p) => product::Seed {
+                exists: true,
+                on_hand: p.on_hand,
+                version: p.version,
+                ..product::Seed::default()
+            },
+            None => product::Seed::default(),
+        };
+        product::spawn(sku, seed, shared.clone(), incarnation)
+    }
+}
+
+/// The mailbox of `sku`'s actor (reviving a passive one); None if there is no such product.
+pub fn mailbox(shared: &Arc<Shared>, sku: &str) -> Option<mpsc::Sender<Msg>> {
+    shared.registry.get(sku, &spawn_for(shared))
+}
+
+/// The mailbox of `sku`'s actor, starting one for a product about to be created.
+pub fn mailbox_or_create(shared: &Arc<Shared>, sku: &Sku) -> mpsc::Sender<Msg> {
+    shared.registry.get_or_create(sku, &spawn_for(shared))
+}
+
+/// Delivers a message that must arrive (commit, abort, outcome), waiting for mailbox space and
+/// following the product to its current incarnation.
+pub async fn deliver(shared: &Arc<Shared>, sku: &Sku, mut msg: Msg) {
+    for _ in 0..DELIVERY_ATTEMPTS {
+        let Some(tx) = mailbox(shared, sku.as_str()) else {
+            panic!("{sku}: a protocol message for a product that does not exist");
+        };
+        match tx.send(msg).await {
+            Ok(()) => return,
+            Err(mpsc::error::SendError(back)) => msg = back,
+        }
+    }
+    panic!("{sku}: could not deliver a protocol message in {DELIVERY_ATTEMPTS} attempts");
+}

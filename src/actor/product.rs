@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::messages::*;
+use super::registry::Passive;
 use super::{Shared, SYSTEM_ACTOR};
 use crate::domain::limits::ON_HAND_MAX;
 use crate::domain::reservation::{
@@ -68,6 +69,10 @@ pub struct ProductActor {
     deferred: VecDeque<Msg>,
     /// LSN of the newest record that changed this product's counts.
     last_lsn: Lsn,
+    /// Reservations homed here that ended, by the LSN that ended them: once that is durable
+    /// the ledger answers for them, and they are dropped here (bounded memory).
+    ended: VecDeque<(Lsn, Uuid)>,
+    incarnation: u64,
     shared: Arc<Shared>,
 }
 
@@ -82,13 +87,8 @@ enum Check {
 }
 
 /// Starts the actor task and returns its mailbox.
-pub fn spawn(
-    sku: Sku,
-    seed: Seed,
-    shared: Arc<Shared>,
-    mailbox_capacity: usize,
-) -> mpsc::Sender<Msg> {
-    let (tx, rx) = mpsc::channel(mailbox_capacity);
+pub fn spawn(sku: Sku, seed: Seed, shared: Arc<Shared>, incarnation: u64) -> mpsc::Sender<Msg> {
+    let (tx, rx) = mpsc::channel(shared.mailbox_capacity);
     let deadlines = seed
         .homes
         .iter()
@@ -108,6 +108,8 @@ pub fn spawn(
         deadlines,
         deferred: VecDeque::new(),
         last_lsn: 0,
+        ended: VecDeque::new(),
+        incarnation,
         shared,
     };
     actor.check_invariants();
@@ -120,26 +122,139 @@ impl ProductActor {
         let sleep = tokio::time::sleep(Duration::from_secs(3600));
         tokio::pin!(sleep);
         let mut armed: Option<Instant> = None;
+        let mut last_activity = self.shared.clock.now();
         loop {
-            let next = self.deadlines.peek().map(|Reverse((d, _))| *d);
+            // One timer for the earliest deadline, or for passivation when idle.
+            let deadline = self.deadlines.peek().map(|Reverse((d, _))| *d);
+            let idle_at = self
+                .shared
+                .passivate_after
+                .filter(|_| self.holds_nothing())
+                .map(|after| last_activity + after);
+            let next = match (deadline, idle_at) {
+                (Some(d), Some(i)) => Some(d.min(i)),
+                (d, i) => d.or(i),
+            };
             if next != armed {
-                if let Some(d) = next {
-                    sleep.as_mut().reset(d);
+                if let Some(at) = next {
+                    sleep.as_mut().reset(at);
                 }
                 armed = next;
             }
             tokio::select! {
                 biased;
                 msg = rx.recv() => match msg {
-                    Some(msg) => self.handle(msg),
+                    Some(msg) => {
+                        last_activity = self.shared.clock.now();
+                        self.handle(msg);
+                    }
                     None => break,
                 },
                 _ = &mut sleep, if armed.is_some() => {
-                    self.expire_due();
                     armed = None;
+                    self.expire_due();
+                    let idle = idle_at.is_some_and(|at| self.shared.clock.now() >= at);
+                    if idle && self.try_passivate(&mut rx) {
+                        break;
+                    }
                 }
             }
         }
+    }
+
+    /// Nothing held, promised, parked or being re-acquired: cheap test, run every loop.
+    fn holds_nothing(&self) -> bool {
+        self.holds.is_empty() && self.tentatives.is_empty() && self.deferred.is_empty()
+    }
+
+    /// Hands this product's state to the registry and stops, if nothing here still matters:
+    /// no holds (so no active reservation homed here), no tentative or parked requests, no
+    /// re-acquire under way, and every end this actor decided is durable (the ledger answers
+    /// for it from now on). Messages that raced in are forwarded to the next incarnation.
+    fn try_passivate(&mut self, rx: &mut mpsc::Receiver<Msg>) -> bool {
+        let durable = self.shared.log.durability().durable_lsn();
+        let settled = self.last_lsn <= durable
+            && self
+                .homes
+                .values()
+                .all(|h| h.status != ReservationStatus::Active && !h.busy && h.end_lsn <= durable);
+        if !self.holds_nothing() || !settled || !rx.is_empty() {
+            return false;
+        }
+        let passivated = if self.exists {
+            let state = Passive {
+                on_hand: self.on_hand,
+                version: self.version,
+            };
+            self.shared
+                .registry
+                .passivate(self.sku.as_str(), self.incarnation, state)
+        } else {
+            self.shared
+                .registry
+                .forget(self.sku.as_str(), self.incarnation)
+        };
+        if !passivated {
+            return false;
+        }
+        rx.close();
+        let mut raced = Vec::new();
+        while let Ok(msg) = rx.try_recv() {
+            raced.push(msg);
+        }
+        if !raced.is_empty() {
+            let (shared, sku) = (self.shared.clone(), self.sku.clone());
+            tokio::spawn(async move {
+                for msg in raced {
+                    super::deliver(&shared, &sku, msg).await;
+                }
+            });
+        }
+        true
+    }
+
+    /// Drops ended reservations whose end is durable (the ledger has them now).
+    fn prune_ended(&mut self) {
+        let durable = self.shared.log.durability().durable_lsn();
+        while let Some(&(lsn, id)) = self.ended.front() {
+            if lsn > durable {
+                break;
+            }
+            self.ended.pop_front();
+            if self.homes.get(&id).is_some_and(|h| {
+                h.status != ReservationStatus::Active && !h.busy && h.end_lsn <= durable
+            }) {
+                self.homes.remove(&id);
+            }
+        }
+    }
+
+    /// The reservation `id` homed here: kept, or (ended and dropped) rebuilt from the ledger.
+    fn home(&mut self, id: Uuid) -> Option<&mut Home> {
+        if !self.homes.contains_key(&id) {
+            let ledger = self.shared.ledger.read();
+            let r = ledger.reservation(&id)?;
+            // Active reservations are always kept by their home actor.
+            debug_assert_ne!(
+                r.status,
+                ReservationStatus::Active,
+                "active reservation {id} unknown to its home"
+            );
+            if r.status == ReservationStatus::Active {
+                return None;
+            }
+            let home = Home {
+                items: r.items.clone(),
+                status: r.status,
+                deadline: self.shared.clock.now(),
+                end_lsn: 0,
+                busy: false,
+            };
+            drop(ledger);
+            self.homes.insert(id, home);
+            self.ended.push_back((0, id));
+        }
+        self.homes.get_mut(&id)
     }
 
     fn available(&self) -> u64 {
@@ -234,6 +349,7 @@ impl ProductActor {
     }
 
     fn handle(&mut self, msg: Msg) {
+        self.prune_ended();
         match msg {
             Msg::Put(m) => self.put(*m),
             Msg::Add(m) => self.add(*m),
@@ -580,38 +696,32 @@ impl ProductActor {
         lsn: Lsn,
         outcome_of: impl Fn(usize) -> HoldOutcome,
     ) {
-        let mut targets = Vec::new();
-        for (index, item) in items.iter().enumerate() {
-            if item.sku == self.sku {
-                continue;
-            }
-            let tx = self
-                .shared
-                .registry
-                .get(item.sku.as_str())
-                .unwrap_or_else(|| {
-                    panic!("reservation {id} holds {} which has no actor", item.sku)
-                });
-            targets.push((
-                tx,
-                Msg::Outcome {
+        let targets: Vec<(Sku, Msg)> = items
+            .iter()
+            .enumerate()
+            .filter(|(_, item)| item.sku != self.sku)
+            .map(|(index, item)| {
+                let msg = Msg::Outcome {
                     reservation_id: id,
                     outcome: outcome_of(index),
                     lsn,
-                },
-            ));
-        }
+                };
+                (item.sku.clone(), msg)
+            })
+            .collect();
         if !targets.is_empty() {
+            let shared = self.shared.clone();
             tokio::spawn(async move {
-                for (tx, msg) in targets {
-                    let _ = tx.send(msg).await;
+                for (sku, msg) in targets {
+                    super::deliver(&shared, &sku, msg).await;
                 }
             });
         }
     }
 
+    /// Complete / re-acquire / refuse: decided here, at the reservation's home.
     fn complete(&mut self, m: CompleteMsg) {
-        let Some(home) = self.homes.get(&m.id) else {
+        let Some(home) = self.home(m.id) else {
             let _ = m.reply.send(Err(Refusal::NotFound));
             return;
         };
@@ -684,6 +794,7 @@ impl ProductActor {
         home.status = status;
         home.end_lsn = lsn;
         home.busy = false;
+        self.ended.push_back((lsn, id));
     }
 
     /// Ends an active reservation this actor is home for, releasing every hold.
@@ -716,7 +827,7 @@ impl ProductActor {
     }
 
     fn cancel(&mut self, m: CancelMsg) {
-        let Some(home) = self.homes.get(&m.id) else {
+        let Some(home) = self.home(m.id) else {
             let _ = m.reply.send(Err(Refusal::NotFound));
             return;
         };
@@ -738,7 +849,7 @@ impl ProductActor {
     }
 
     fn extend(&mut self, m: ExtendMsg) {
-        let Some(home) = self.homes.get_mut(&m.id) else {
+        let Some(home) = self.home(m.id) else {
             let _ = m.reply.send(Err(Refusal::NotFound));
             return;
         };

@@ -1,7 +1,12 @@
-//! SKU → actor mailbox. The only global map besides the log (see DESIGN: partitioning by SKU
+//! SKU → product actor. The only global map besides the log (see DESIGN: partitioning by SKU
 //! later means one registry per node).
+//!
+//! An idle actor with nothing held may *passivate*: its slot then keeps only its counts (a few
+//! bytes instead of a task, a mailbox and its maps), and the next lookup revives it, as
+//! virtual-actor systems do. Each incarnation of an actor has a number, so a passivating actor
+//! only ever replaces its own slot.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
 use tokio::sync::mpsc;
@@ -9,38 +14,123 @@ use tokio::sync::mpsc;
 use super::Msg;
 use crate::domain::Sku;
 
-#[derive(Clone, Default)]
+/// What a passivated product keeps: it holds nothing, so `reserved` is 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Passive {
+    pub on_hand: u64,
+    pub version: u64,
+}
+
+enum Slot {
+    Live {
+        tx: mpsc::Sender<Msg>,
+        incarnation: u64,
+    },
+    Passive(Passive),
+}
+
+/// Starts an actor: (sku, passive state to revive from or None for a new product, incarnation).
+pub type Spawn<'a> = &'a dyn Fn(Sku, Option<Passive>, u64) -> mpsc::Sender<Msg>;
+
+#[derive(Default)]
 pub struct Registry {
-    actors: Arc<DashMap<Sku, mpsc::Sender<Msg>>>,
+    slots: DashMap<Sku, Slot>,
+    incarnations: AtomicU64,
 }
 
 impl Registry {
-    pub fn get(&self, sku: &str) -> Option<mpsc::Sender<Msg>> {
-        self.actors.get(sku).map(|s| s.value().clone())
+    fn next_incarnation(&self) -> u64 {
+        self.incarnations.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    /// The mailbox for `sku`, starting an actor with `spawn` if there is none yet.
-    pub fn get_or_spawn(
-        &self,
-        sku: &Sku,
-        spawn: impl FnOnce() -> mpsc::Sender<Msg>,
-    ) -> mpsc::Sender<Msg> {
-        self.actors
-            .entry(sku.clone())
-            .or_insert_with(spawn)
-            .value()
-            .clone()
+    /// The mailbox of `sku`'s actor, reviving it if it is passive; None if there is no product.
+    pub fn get(&self, sku: &str, spawn: Spawn<'_>) -> Option<mpsc::Sender<Msg>> {
+        if let Some(slot) = self.slots.get(sku) {
+            if let Slot::Live { tx, .. } = slot.value() {
+                return Some(tx.clone());
+            }
+        }
+        // Passive (or gone meanwhile): revive under the entry's lock, so only one actor starts.
+        let mut slot = self.slots.get_mut(sku)?;
+        let key = slot.key().clone();
+        match slot.value() {
+            Slot::Live { tx, .. } => Some(tx.clone()),
+            Slot::Passive(passive) => {
+                let incarnation = self.next_incarnation();
+                let tx = spawn(key, Some(*passive), incarnation);
+                *slot.value_mut() = Slot::Live {
+                    tx: tx.clone(),
+                    incarnation,
+                };
+                Some(tx)
+            }
+        }
     }
 
-    pub fn insert(&self, sku: Sku, tx: mpsc::Sender<Msg>) {
-        self.actors.insert(sku, tx);
+    /// The mailbox of `sku`'s actor, starting a new (not yet existing) product's actor if none.
+    pub fn get_or_create(&self, sku: &Sku, spawn: Spawn<'_>) -> mpsc::Sender<Msg> {
+        if let Some(tx) = self.get(sku.as_str(), spawn) {
+            return tx;
+        }
+        let incarnation = self.next_incarnation();
+        let slot = self.slots.entry(sku.clone()).or_insert_with(|| Slot::Live {
+            tx: spawn(sku.clone(), None, incarnation),
+            incarnation,
+        });
+        match slot.value() {
+            Slot::Live { tx, .. } => tx.clone(),
+            Slot::Passive(_) => {
+                drop(slot);
+                self.get(sku.as_str(), spawn)
+                    .expect("a passive product is revived")
+            }
+        }
     }
 
-    pub fn len(&self) -> usize {
-        self.actors.len()
+    /// Registers an actor started at boot; returns its incarnation.
+    pub fn insert_live(&self, sku: Sku, start: impl FnOnce(u64) -> mpsc::Sender<Msg>) {
+        let incarnation = self.next_incarnation();
+        self.slots.insert(
+            sku,
+            Slot::Live {
+                tx: start(incarnation),
+                incarnation,
+            },
+        );
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.actors.is_empty()
+    /// Replaces the live slot of this incarnation with its passive state. False if the slot is
+    /// not (any longer) this incarnation's.
+    pub fn passivate(&self, sku: &str, incarnation: u64, state: Passive) -> bool {
+        let Some(mut slot) = self.slots.get_mut(sku) else {
+            return false;
+        };
+        match slot.value() {
+            Slot::Live { incarnation: i, .. } if *i == incarnation => {
+                *slot.value_mut() = Slot::Passive(state);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Forgets the slot of an actor whose product was never created.
+    pub fn forget(&self, sku: &str, incarnation: u64) -> bool {
+        self.slots
+            .remove_if(
+                sku,
+                |_, slot| matches!(slot, Slot::Live { incarnation: i, .. } if *i == incarnation),
+            )
+            .is_some()
+    }
+
+    /// (live actors, passive products).
+    pub fn census(&self) -> (usize, usize) {
+        let live = self
+            .slots
+            .iter()
+            .filter(|s| matches!(s.value(), Slot::Live { .. }))
+            .count();
+        (live, self.slots.len() - live)
     }
 }

@@ -76,7 +76,6 @@ struct Inner {
     /// Operation ids being executed right now, with their request fingerprint. Finished
     /// operations are found in the ledger instead.
     claims: DashMap<Uuid, u32>,
-    mailbox_capacity: usize,
 }
 
 /// Removes an operation-id claim when the operation is over (done or refused).
@@ -170,11 +169,18 @@ impl Engine {
             metrics: metrics.clone(),
             clock,
             registry: Registry::default(),
+            ledger: ledger.clone(),
+            mailbox_capacity: config.mailbox_capacity,
             deferred_capacity: config.deferred_capacity,
+            passivate_after: (config.passivate_after_ms > 0)
+                .then(|| std::time::Duration::from_millis(config.passivate_after_ms)),
         });
         for (sku, seed) in seeds {
-            let tx = product::spawn(sku.clone(), seed, shared.clone(), config.mailbox_capacity);
-            shared.registry.insert(sku, tx);
+            let shared_for_actor = shared.clone();
+            let key = sku.clone();
+            shared.registry.insert_live(sku, move |incarnation| {
+                product::spawn(key, seed, shared_for_actor, incarnation)
+            });
         }
         let engine = Engine {
             inner: Arc::new(Inner {
@@ -182,7 +188,6 @@ impl Engine {
                 metrics,
                 ledger,
                 claims: DashMap::new(),
-                mailbox_capacity: config.mailbox_capacity,
             }),
         };
         let expired_at_start = overdue_homes.len();
@@ -202,16 +207,8 @@ impl Engine {
         homes.sort();
         homes.dedup();
         for sku in homes {
-            let tx = self
-                .inner
-                .shared
-                .registry
-                .get(sku.as_str())
-                .expect("actor started for every product");
             let (reply, rx) = oneshot::channel();
-            if tx.send(Msg::ExpireOverdue { reply }).await.is_err() {
-                continue;
-            }
+            crate::actor::deliver(&self.inner.shared, &sku, Msg::ExpireOverdue { reply }).await;
             let _ = rx.await;
         }
         // Holds of other items are released by the home actors' fan-out tasks; the record
@@ -242,6 +239,9 @@ impl Engine {
             (ledger.product_count(), ledger.active_reservations())
         };
         self.inner.metrics.products.set(products as i64);
+        let (live, passive) = self.inner.shared.registry.census();
+        self.inner.metrics.live_actors.set(live as i64);
+        self.inner.metrics.passive_products.set(passive as i64);
         self.inner.metrics.active_reservations.set(active as i64);
         &self.inner.metrics
     }
@@ -273,26 +273,29 @@ impl Engine {
     }
 
     fn actor(&self, sku: &str) -> Option<mpsc::Sender<Msg>> {
-        self.inner.shared.registry.get(sku)
+        crate::actor::mailbox(&self.inner.shared, sku)
     }
 
     /// Sends without waiting for mailbox space: a full mailbox is overload.
-    async fn ask(
-        &self,
-        tx: &mpsc::Sender<Msg>,
-        make: impl FnOnce(Reply) -> Msg,
-    ) -> Result<Answer, Refusal> {
+    async fn ask(&self, sku: &Sku, make: impl FnOnce(Reply) -> Msg) -> Result<Answer, Refusal> {
         let (reply, rx) = oneshot::channel();
-        match tx.try_send(make(reply)) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(msg)) => {
-                drop(msg);
-                self.inner.metrics.mailbox_rejections.inc();
-                return Err(Refusal::Overloaded);
+        let mut msg = make(reply);
+        // A closed mailbox hands the message back: its actor passivated meanwhile, and the
+        // next lookup revives the product. Bounded: an actor that just revived stays a while.
+        for _ in 0..8 {
+            let Some(tx) = self.actor(sku.as_str()) else {
+                return Err(Refusal::NotFound);
+            };
+            match tx.try_send(msg) {
+                Ok(()) => return rx.await.unwrap_or(Err(Refusal::Unavailable)),
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    self.inner.metrics.mailbox_rejections.inc();
+                    return Err(Refusal::Overloaded);
+                }
+                Err(mpsc::error::TrySendError::Closed(back)) => msg = back,
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => return Err(Refusal::Unavailable),
         }
-        rx.await.unwrap_or(Err(Refusal::Unavailable))
+        Err(Refusal::Overloaded)
     }
 
     /// Maps an actor's refusal to an error, first waiting until the state it reflects is durable.
@@ -406,7 +409,7 @@ impl Engine {
         kind: &'static str,
         id: Option<Uuid>,
         fp: u32,
-        tx: mpsc::Sender<Msg>,
+        sku: Sku,
         make: impl FnOnce(OpCtx, Reply) -> Msg + Send + 'static,
         actor: &str,
     ) -> Result<ProductAnswer, EngineError> {
@@ -425,7 +428,7 @@ impl Engine {
         let engine = self.clone();
         Self::detached(async move {
             let _claim = claim;
-            match engine.ask(&tx, |reply| make(op, reply)).await {
+            match engine.ask(&sku, |reply| make(op, reply)).await {
                 Ok(Answer::Durable(lsn)) => {
                     engine.wait(lsn).await?;
                     engine.product_answer(&op_id)
@@ -452,16 +455,13 @@ impl Engine {
         let sku = requests::parse_sku(sku)?;
         req.validate()?;
         let fp = fingerprint("put", sku.as_str(), &req);
-        let shared = self.inner.shared.clone();
-        let capacity = self.inner.mailbox_capacity;
-        let tx = self.inner.shared.registry.get_or_spawn(&sku, || {
-            product::spawn(sku.clone(), Seed::default(), shared, capacity)
-        });
+        crate::actor::mailbox_or_create(&self.inner.shared, &sku);
+        let target = sku.clone();
         self.product_op(
             "product_put",
             None,
             fp,
-            tx,
+            target,
             move |op, reply| {
                 Msg::Put(Box::new(PutMsg {
                     op,
@@ -477,8 +477,9 @@ impl Engine {
         .await
     }
 
-    fn existing(&self, sku: &Sku) -> Result<mpsc::Sender<Msg>, EngineError> {
+    fn existing(&self, sku: &Sku) -> Result<Sku, EngineError> {
         self.actor(sku.as_str())
+            .map(|_| sku.clone())
             .ok_or_else(|| EngineError::NotFound(format!("no product {sku}")))
     }
 
@@ -515,13 +516,13 @@ impl Engine {
         let sku = requests::parse_sku(sku)?;
         req.validate()?;
         let fp = requests::fingerprint_of(kind, sku.as_str(), &req);
-        let tx = self.existing(&sku)?;
+        let target = self.existing(&sku)?;
         let answer = self
             .product_op(
                 kind,
                 req.id,
                 fp,
-                tx,
+                target,
                 move |op, reply| {
                     Msg::Add(Box::new(AddMsg {
                         op,
@@ -549,13 +550,13 @@ impl Engine {
         let sku = requests::parse_sku(sku)?;
         req.validate()?;
         let fp = requests::fingerprint_of("adjust", sku.as_str(), &req);
-        let tx = self.existing(&sku)?;
+        let target = self.existing(&sku)?;
         let answer = self
             .product_op(
                 "adjust",
                 req.id,
                 fp,
-                tx,
+                target,
                 move |op, reply| {
                     Msg::Adjust(Box::new(AdjustMsg {
                         op,
@@ -603,7 +604,7 @@ impl Engine {
         home: &Sku,
         quantities: impl Fn(usize) -> u64,
         kind: TentativeKind,
-    ) -> Result<Vec<mpsc::Sender<Msg>>, EngineError> {
+    ) -> Result<Vec<Sku>, EngineError> {
         let mut order: Vec<usize> = (0..items.len())
             .filter(|i| items[*i].sku != *home)
             .collect();
@@ -613,10 +614,10 @@ impl Engine {
             let item = &items[index];
             let refusal = match self.actor(item.sku.as_str()) {
                 None => Refusal::NotFound,
-                Some(tx) => {
+                Some(_) => {
                     let quantity = quantities(index);
                     match self
-                        .ask(&tx, |reply| {
+                        .ask(&item.sku, |reply| {
                             Msg::Tentative(TentativeMsg {
                                 key,
                                 quantity,
@@ -627,14 +628,14 @@ impl Engine {
                         .await
                     {
                         Ok(_) => {
-                            granted.push(tx);
+                            granted.push(item.sku.clone());
                             continue;
                         }
                         Err(r) => r,
                     }
                 }
             };
-            Self::settle(&granted, key, None).await;
+            self.settle(&granted, key, None).await;
             return Err(self.item_refusal(items, &item.sku, refusal).await);
         }
         Ok(granted)
@@ -642,13 +643,13 @@ impl Engine {
 
     /// Commits (`lsn` given) or aborts the tentative holds. Waits for mailbox space: these
     /// messages must arrive.
-    async fn settle(granted: &[mpsc::Sender<Msg>], key: Uuid, lsn: Option<Lsn>) {
-        for tx in granted {
+    async fn settle(&self, granted: &[Sku], key: Uuid, lsn: Option<Lsn>) {
+        for sku in granted {
             let msg = match lsn {
                 Some(lsn) => Msg::Commit { key, lsn },
                 None => Msg::Abort { key },
             };
-            let _ = tx.send(msg).await;
+            crate::actor::deliver(&self.inner.shared, sku, msg).await;
         }
     }
 
@@ -687,12 +688,12 @@ impl Engine {
         let granted = self
             .take_tentatives(key, &items, &home, |i| items[i].quantity, tentative_kind)
             .await?;
-        let Some(home_tx) = self.actor(home.as_str()) else {
-            Self::settle(&granted, key, None).await;
+        if self.actor(home.as_str()).is_none() {
+            self.settle(&granted, key, None).await;
             return Err(EngineError::InsufficientStock(
                 self.stock_report(&items, Some((&home, None))),
             ));
-        };
+        }
         let finish = |reply| {
             Msg::Finish(Box::new(FinishMsg {
                 op,
@@ -702,7 +703,7 @@ impl Engine {
                 reply,
             }))
         };
-        match self.finish_at_home(&home_tx, finish, &granted, key).await {
+        match self.finish_at_home(&home, finish, &granted, key).await {
             Ok(answer) => Ok(answer),
             Err(refusal) => Err(self.item_refusal(&items, &home, refusal).await),
         }
@@ -712,19 +713,19 @@ impl Engine {
     /// other actors' tentative holds are committed at its LSN, or aborted if it refused.
     async fn finish_at_home(
         &self,
-        home_tx: &mpsc::Sender<Msg>,
+        home: &Sku,
         make: impl FnOnce(Reply) -> Msg,
-        granted: &[mpsc::Sender<Msg>],
+        granted: &[Sku],
         key: Uuid,
     ) -> Result<Answer, Refusal> {
-        match self.ask(home_tx, make).await {
+        match self.ask(home, make).await {
             Ok(answer) => {
                 let lsn = answer.lsn().expect("the home actor logs the operation");
-                Self::settle(granted, key, Some(lsn)).await;
+                self.settle(granted, key, Some(lsn)).await;
                 Ok(answer)
             }
             Err(refusal) => {
-                Self::settle(granted, key, None).await;
+                self.settle(granted, key, None).await;
                 Err(refusal)
             }
         }
@@ -833,7 +834,7 @@ impl Engine {
     }
 
     /// The home actor of a durable reservation.
-    fn home_actor(&self, id: &Uuid) -> Result<(mpsc::Sender<Msg>, Vec<Item>), EngineError> {
+    fn home_actor(&self, id: &Uuid) -> Result<(Sku, Vec<Item>), EngineError> {
         let items = self
             .inner
             .ledger
@@ -841,10 +842,7 @@ impl Engine {
             .reservation(id)
             .map(|r| r.items.clone())
             .ok_or_else(|| EngineError::NotFound(format!("no reservation {id}")))?;
-        let tx = self
-            .actor(home_of(&items).as_str())
-            .expect("a reservation's products have actors");
-        Ok((tx, items))
+        Ok((home_of(&items).clone(), items))
     }
 
     fn reservation_now(&self, id: &Uuid) -> Result<ReservationView, EngineError> {
@@ -863,13 +861,13 @@ impl Engine {
             None => None,
         };
         requests::check_text("reference", &req.reference)?;
-        let (tx, items) = self.home_actor(&id)?;
+        let (home, items) = self.home_actor(&id)?;
         let engine = self.clone();
         let actor = actor.to_string();
         Self::detached(async move {
             let reference = req.reference.clone();
             let answer = engine
-                .ask(&tx, |reply| {
+                .ask(&home, |reply| {
                     Msg::Complete(Box::new(CompleteMsg {
                         id,
                         actor: actor.clone(),
@@ -883,7 +881,7 @@ impl Engine {
                 Ok(Answer::Durable(lsn)) => lsn,
                 Ok(Answer::Reacquire(sold)) => {
                     engine
-                        .reacquire(id, actor, &tx, items, sold, reference)
+                        .reacquire(id, actor, &home, items, sold, reference)
                         .await?
                 }
                 Ok(other) => unreachable!("complete answered {other:?}"),
@@ -900,7 +898,7 @@ impl Engine {
         &self,
         id: Uuid,
         actor: String,
-        home_tx: &mpsc::Sender<Msg>,
+        home_sku: &Sku,
         items: Vec<Item>,
         sold: Vec<u64>,
         reference: Option<String>,
@@ -919,7 +917,8 @@ impl Engine {
         {
             Ok(granted) => granted,
             Err(e) => {
-                let _ = home_tx.send(Msg::ReacquireAbort { id }).await;
+                crate::actor::deliver(&self.inner.shared, home_sku, Msg::ReacquireAbort { id })
+                    .await;
                 return Err(match e {
                     EngineError::InsufficientStock(_) => expired(),
                     other => other,
@@ -935,12 +934,13 @@ impl Engine {
                 reply,
             }))
         };
-        match self.finish_at_home(home_tx, finish, &granted, key).await {
+        match self.finish_at_home(home_sku, finish, &granted, key).await {
             Ok(answer) => Ok(answer.lsn().expect("a completion is logged")),
             Err(refusal) => {
                 if matches!(refusal, Refusal::Overloaded) {
                     // Never reached the actor: it still marks the reservation busy.
-                    let _ = home_tx.send(Msg::ReacquireAbort { id }).await;
+                    crate::actor::deliver(&self.inner.shared, home_sku, Msg::ReacquireAbort { id })
+                        .await;
                 }
                 Err(match refusal {
                     Refusal::Stock { depends_on, .. } => match self.wait(depends_on).await {
@@ -961,12 +961,12 @@ impl Engine {
         req: requests::Cancel,
     ) -> Result<ReservationView, EngineError> {
         requests::check_text("reason", &req.reason)?;
-        let (tx, _) = self.home_actor(&id)?;
+        let (home, _) = self.home_actor(&id)?;
         let engine = self.clone();
         let actor = actor.to_string();
         Self::detached(async move {
             match engine
-                .ask(&tx, |reply| {
+                .ask(&home, |reply| {
                     Msg::Cancel(Box::new(CancelMsg {
                         id,
                         actor,
@@ -993,12 +993,12 @@ impl Engine {
         req: requests::Extend,
     ) -> Result<ReservationView, EngineError> {
         requests::check_ttl(req.ttl_seconds)?;
-        let (tx, _) = self.home_actor(&id)?;
+        let (home, _) = self.home_actor(&id)?;
         let engine = self.clone();
         let actor = actor.to_string();
         Self::detached(async move {
             match engine
-                .ask(&tx, |reply| {
+                .ask(&home, |reply| {
                     Msg::Extend(Box::new(ExtendMsg {
                         id,
                         actor,
@@ -1086,12 +1086,14 @@ fn seeds_from(ledger: &Ledger, clock: &dyn Clock) -> Vec<(Sku, Seed)> {
         .collect();
     let now_ms = clock.now_ms();
     let now = clock.now();
+    // Ended reservations are not seeded: their home actor finds them in the ledger on demand.
     for (id, r) in ledger.reservations() {
-        if r.status == ReservationStatus::Active {
-            for item in &r.items {
-                let seed = seeds.get_mut(&item.sku).expect("reserved products exist");
-                seed.holds.insert(*id, item.quantity);
-            }
+        if r.status != ReservationStatus::Active {
+            continue;
+        }
+        for item in &r.items {
+            let seed = seeds.get_mut(&item.sku).expect("reserved products exist");
+            seed.holds.insert(*id, item.quantity);
         }
         let remaining_ms = (r.expires_at_ms - now_ms).max(0) as u64;
         let home = home_of(&r.items);

@@ -65,8 +65,10 @@ fn main() {
         .build()
         .expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
+    // Short idle time so that the catalog passivates during the run, as it would in service.
     let config = EngineConfig {
         data_dir: dir.path().join("data"),
+        passivate_after_ms: 1_000,
         ..EngineConfig::default()
     };
     runtime.block_on(async {
@@ -87,7 +89,11 @@ fn main() {
             }
         })
         .await;
+        let live = rss_mib();
+        // Let the idle actors passivate.
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
         let catalog = rss_mib();
+        println!("{skus} products: RSS {live:.0} MiB with every actor live, {catalog:.0} MiB once passive");
         println!(
             "{skus} products created in {:.1} s: RSS {:.0} MiB ({:.0} MiB above the empty engine's {:.0} MiB; {:.0} bytes per product)",
             started.elapsed().as_secs_f64(),

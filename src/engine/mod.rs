@@ -961,26 +961,14 @@ impl Engine {
         req: requests::Cancel,
     ) -> Result<ReservationView, EngineError> {
         requests::check_text("reason", &req.reason)?;
-        let (home, _) = self.home_actor(&id)?;
-        let engine = self.clone();
         let actor = actor.to_string();
-        Self::detached(async move {
-            match engine
-                .ask(&home, |reply| {
-                    Msg::Cancel(Box::new(CancelMsg {
-                        id,
-                        actor,
-                        note: req.reason,
-                        reply,
-                    }))
-                })
-                .await
-            {
-                Ok(Answer::Durable(lsn)) => engine.wait(lsn).await?,
-                Ok(other) => unreachable!("cancel answered {other:?}"),
-                Err(r) => return Err(engine.refusal(r).await),
-            }
-            engine.reservation_now(&id)
+        self.decide_at_home(id, move |reply| {
+            Msg::Cancel(Box::new(CancelMsg {
+                id,
+                actor,
+                note: req.reason,
+                reply,
+            }))
         })
         .await
     }
@@ -993,23 +981,31 @@ impl Engine {
         req: requests::Extend,
     ) -> Result<ReservationView, EngineError> {
         requests::check_ttl(req.ttl_seconds)?;
+        let actor = actor.to_string();
+        self.decide_at_home(id, move |reply| {
+            Msg::Extend(Box::new(ExtendMsg {
+                id,
+                actor,
+                ttl_ms: req.ttl_seconds * 1000,
+                reply,
+            }))
+        })
+        .await
+    }
+
+    /// Asks a reservation's home actor to decide (cancel, extend), waits until the decision
+    /// is durable, and answers with the reservation as it then stands.
+    async fn decide_at_home(
+        &self,
+        id: Uuid,
+        make: impl FnOnce(Reply) -> Msg + Send + 'static,
+    ) -> Result<ReservationView, EngineError> {
         let (home, _) = self.home_actor(&id)?;
         let engine = self.clone();
-        let actor = actor.to_string();
         Self::detached(async move {
-            match engine
-                .ask(&home, |reply| {
-                    Msg::Extend(Box::new(ExtendMsg {
-                        id,
-                        actor,
-                        ttl_ms: req.ttl_seconds * 1000,
-                        reply,
-                    }))
-                })
-                .await
-            {
+            match engine.ask(&home, make).await {
                 Ok(Answer::Durable(lsn)) => engine.wait(lsn).await?,
-                Ok(other) => unreachable!("extend answered {other:?}"),
+                Ok(other) => unreachable!("the home actor answered {other:?}"),
                 Err(r) => return Err(engine.refusal(r).await),
             }
             engine.reservation_now(&id)

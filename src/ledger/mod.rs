@@ -303,25 +303,31 @@ impl Ledger {
                 }
                 self.remember_op(record, sku, "product_put", *fingerprint, *created);
             }
+            // Stock received, or returned by a customer: on_hand grows, nothing else changes.
             Event::Restocked {
                 sku,
                 quantity,
                 reference,
                 note,
                 fingerprint,
+            }
+            | Event::Returned {
+                sku,
+                quantity,
+                reference,
+                note,
+                fingerprint,
             } => {
+                let (action, kind) = match &record.event {
+                    Event::Restocked { .. } => (Action::Restock, "restock"),
+                    _ => (Action::Return, "return"),
+                };
                 let p = self.product_mut(sku)?;
                 let on_hand = add(p.on_hand, *quantity, "on_hand")?;
                 let reserved = p.reserved;
-                push(
-                    p,
-                    at_ms,
-                    Action::Restock,
-                    on_hand,
-                    reserved,
-                    meta(reference.as_ref(), note.as_ref(), None, Marker::None, None),
-                );
-                self.remember_op(record, sku, "restock", *fingerprint, false);
+                let m = meta(reference.as_ref(), note.as_ref(), None, Marker::None, None);
+                push(p, at_ms, action, on_hand, reserved, m);
+                self.remember_op(record, sku, kind, *fingerprint, false);
             }
             Event::Adjusted {
                 sku,
@@ -353,26 +359,6 @@ impl Ledger {
                 );
                 push(p, at_ms, Action::Adjust, on_hand, reserved, m);
                 self.remember_op(record, sku, "adjust", *fingerprint, false);
-            }
-            Event::Returned {
-                sku,
-                quantity,
-                reference,
-                note,
-                fingerprint,
-            } => {
-                let p = self.product_mut(sku)?;
-                let on_hand = add(p.on_hand, *quantity, "on_hand")?;
-                let reserved = p.reserved;
-                push(
-                    p,
-                    at_ms,
-                    Action::Return,
-                    on_hand,
-                    reserved,
-                    meta(reference.as_ref(), note.as_ref(), None, Marker::None, None),
-                );
-                self.remember_op(record, sku, "return", *fingerprint, false);
             }
             Event::Sold {
                 items,

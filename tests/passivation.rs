@@ -180,6 +180,12 @@ async fn passive_products_answer_exactly_as_live_ones() {
         String::from_utf8_lossy(&out.stderr)
     );
     let s = try_start_with(&data, &["--passivate-after-ms", "100"]).unwrap();
+    // Products holding nothing start passive; P2 (a hold) starts live.
+    let census = (
+        gauge(&s, "stockd_live_actors ").await,
+        gauge(&s, "stockd_passive_products ").await,
+    );
+    assert_eq!(census, (1.0, 2.0));
     assert_eq!(
         (
             s.product_state("P1").await,

@@ -99,6 +99,11 @@ impl Registry {
         );
     }
 
+    /// Registers a product that starts passive (nothing held at boot).
+    pub fn insert_passive(&self, sku: Sku, state: Passive) {
+        self.slots.insert(sku, Slot::Passive(state));
+    }
+
     /// Replaces the live slot of this incarnation with its passive state. False if the slot is
     /// not (any longer) this incarnation's.
     pub fn passivate(&self, sku: &str, incarnation: u64, state: Passive) -> bool {

@@ -164,6 +164,7 @@ impl Engine {
             metrics.clone(),
             on_fatal,
         )?;
+        let passivation = config.passivate_after_ms > 0;
         let shared = Arc::new(Shared {
             log,
             metrics: metrics.clone(),
@@ -176,6 +177,16 @@ impl Engine {
                 .then(|| std::time::Duration::from_millis(config.passivate_after_ms)),
         });
         for (sku, seed) in seeds {
+            // A product holding nothing starts passive: a large catalog costs a few bytes per
+            // product after a restart, not an actor each. Holders start live (their timers run).
+            if seed.holds.is_empty() && seed.homes.is_empty() && passivation {
+                let state = crate::actor::registry::Passive {
+                    on_hand: seed.on_hand,
+                    version: seed.version,
+                };
+                shared.registry.insert_passive(sku, state);
+                continue;
+            }
             let shared_for_actor = shared.clone();
             let key = sku.clone();
             shared.registry.insert_live(sku, move |incarnation| {

@@ -31,7 +31,6 @@ use crate::metrics::Metrics;
 use crate::wal::replay::{self, Mode, ReplayOutcome};
 use crate::wal::storage::{Disk, Storage};
 use crate::wal::{writer::FatalHook, Log, LogConfig, Lsn, WalError};
-use requests::fingerprint;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum EngineError {
@@ -149,6 +148,7 @@ impl Engine {
             .collect();
         let products = ledger.product_count();
         let active_reservations = ledger.active_reservations();
+        ledger.serve_answers();
         let ledger = Arc::new(RwLock::new(ledger));
         let metrics = Arc::new(Metrics::new());
         let log = Log::start(
@@ -404,12 +404,18 @@ impl Engine {
         Ok(Some(claim))
     }
 
-    fn product_answer(&self, op_id: &Uuid) -> Result<ProductAnswer, EngineError> {
-        let ledger = self.inner.ledger.read();
-        let op = ledger.product_op(op_id).ok_or(EngineError::Unavailable)?;
+    /// The outcome of a durable product operation: remembered for repeats if the client gave
+    /// an id, else handed over once.
+    fn product_answer(&self, op_id: &Uuid, repeatable: bool) -> Result<ProductAnswer, EngineError> {
+        let op = if repeatable {
+            self.inner.ledger.read().product_op(op_id).cloned()
+        } else {
+            self.inner.ledger.write().take_answer(op_id)
+        };
+        let op = op.ok_or(EngineError::Unavailable)?;
         Ok(ProductAnswer {
             created: op.created,
-            product: op.view.clone(),
+            product: op.view,
         })
     }
 
@@ -427,10 +433,11 @@ impl Engine {
         let (op_id, claim) = match id {
             Some(id) => match self.claim(id, OpKind::Product(kind), fp)? {
                 Some(claim) => (id, Some(claim)),
-                None => return self.product_answer(&id),
+                None => return self.product_answer(&id, true),
             },
             None => (Uuid::new_v4(), None),
         };
+        let repeatable = id.is_some();
         let op = OpCtx {
             op_id,
             actor: actor.to_string(),
@@ -442,7 +449,7 @@ impl Engine {
             match engine.ask(&sku, |reply| make(op, reply)).await {
                 Ok(Answer::Durable(lsn)) => {
                     engine.wait(lsn).await?;
-                    engine.product_answer(&op_id)
+                    engine.product_answer(&op_id, repeatable)
                 }
                 Ok(other) => unreachable!("product operation answered {other:?}"),
                 Err(Refusal::NotFound) => Err(EngineError::NotFound(format!(
@@ -465,7 +472,8 @@ impl Engine {
     ) -> Result<ProductAnswer, EngineError> {
         let sku = requests::parse_sku(sku)?;
         req.validate()?;
-        let fp = fingerprint("put", sku.as_str(), &req);
+        // PUT carries no operation id: nothing to compare a repeat with.
+        let fp = 0;
         crate::actor::mailbox_or_create(&self.inner.shared, &sku);
         let target = sku.clone();
         self.product_op(

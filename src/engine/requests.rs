@@ -278,7 +278,8 @@ pub fn fingerprint_of<T: Identified>(kind: &str, target: &str, req: &T) -> u32 {
 /// A stable fingerprint of a request (its operation kind, target and canonical body, not the
 /// id): the same id with a different fingerprint is `409 id_reused`. CRC32C of the postcard
 /// encoding: stable across builds, unlike std's hasher.
+/// Never 0: the log records 0 for operations without a client id.
 pub fn fingerprint<T: Serialize>(kind: &str, target: &str, body: &T) -> u32 {
     let bytes = postcard::to_stdvec(&(kind, target, body)).unwrap_or_default();
-    crc32c::crc32c(&bytes)
+    crc32c::crc32c(&bytes).max(1)
 }

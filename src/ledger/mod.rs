@@ -195,6 +195,9 @@ pub struct Ledger {
     active: usize,
     /// Actor names (token names, `anonymous`, `stockd`): few, so each is stored once.
     actors: HashMap<String, Arc<str>>,
+    /// Answers of product operations that cannot be repeated (no client id), kept only until
+    /// the engine takes them; None during replay, when nobody waits for them.
+    answers: Option<HashMap<Uuid, ProductOp>>,
 }
 
 fn add(a: u64, b: u64, what: &str) -> Result<u64, String> {
@@ -272,7 +275,8 @@ impl Ledger {
                         on_hand: 0,
                         reserved: 0,
                         updated_at_ms: at_ms,
-                        history: Vec::new(),
+                        // Most products have few entries: no room for four up front.
+                        history: Vec::with_capacity(1),
                     };
                     push(
                         &mut p,
@@ -578,6 +582,22 @@ impl Ledger {
         fingerprint: u32,
         created: bool,
     ) {
+        // Fingerprint 0: the client gave no id, so the operation can never be repeated and
+        // only the engine, answering it now, needs its outcome.
+        if fingerprint == 0 {
+            if let Some(answers) = &mut self.answers {
+                let view = self.products[sku].view(sku);
+                let op = ProductOp {
+                    kind,
+                    fingerprint,
+                    created,
+                    view,
+                    at_ms: record.at_ms,
+                };
+                answers.insert(record.op_id, op);
+            }
+            return;
+        }
         let view = self.products[sku].view(sku);
         self.product_ops.insert(
             record.op_id,
@@ -724,6 +744,17 @@ impl Ledger {
 
     pub fn sale_fingerprint(&self, id: &Uuid) -> Option<u32> {
         self.sales.get(id).map(|s| s.fingerprint)
+    }
+
+    /// From now on, keep the answers of unrepeatable product operations for the engine to take
+    /// (after replay: during it, nobody waits for them).
+    pub fn serve_answers(&mut self) {
+        self.answers.get_or_insert_with(HashMap::new);
+    }
+
+    /// The outcome of an unrepeatable product operation, handed over once.
+    pub fn take_answer(&mut self, id: &Uuid) -> Option<ProductOp> {
+        self.answers.as_mut()?.remove(id)
     }
 
     pub fn product_op(&self, id: &Uuid) -> Option<&ProductOp> {

@@ -95,6 +95,15 @@ impl Outcome {
     }
 }
 
+/// (succeeded, refused) for one operation.
+fn tally(won: bool) -> (u64, u64) {
+    if won {
+        (1, 0)
+    } else {
+        (0, 1)
+    }
+}
+
 fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
 }
@@ -301,11 +310,7 @@ async fn stockd_flash(connections: usize, seconds: u64) -> Outcome {
         |(c, body)| {
             Box::pin(async move {
                 let (st, _) = c.call(Method::POST, "/v1/reservations", body.clone()).await;
-                if st == StatusCode::CREATED {
-                    (1, 0)
-                } else {
-                    (0, 1)
-                }
+                tally(st == StatusCode::CREATED)
             })
         },
     )
@@ -358,7 +363,7 @@ async fn stockd_checkout(connections: usize, seconds: u64) -> Outcome {
                 let id = v["id"].as_str().expect("id");
                 let end = if (mixed >> 8) % 5 == 0 { "cancel" } else { "complete" };
                 let (st, _) = c.call(Method::POST, &format!("/v1/reservations/{id}/{end}"), Bytes::from_static(b"{}")).await;
-                if st == StatusCode::OK { (1, 0) } else { (0, 1) }
+                tally(st == StatusCode::OK)
             })
         },
     )
@@ -507,11 +512,7 @@ async fn redis_flash(port: u16, connections: usize, seconds: u64) -> Outcome {
                     .invoke_async(con)
                     .await
                     .expect("reserve script");
-                if won == 1 {
-                    (1, 0)
-                } else {
-                    (0, 1)
-                }
+                tally(won == 1)
             })
         },
     )
@@ -590,11 +591,7 @@ async fn pg_flash(port: u16, connections: usize, seconds: u64) -> Outcome {
                         .expect("insert");
                 }
                 tx.commit().await.expect("commit");
-                if won {
-                    (1, 0)
-                } else {
-                    (0, 1)
-                }
+                tally(won)
             })
         },
     )

@@ -1,5 +1,5 @@
-//! Time, injectable. Record timestamps are wall-clock UTC; timers use tokio's monotonic clock,
-//! so a test can pause tokio time and advance it instead of sleeping through a TTL.
+//! Time, injectable. Record timestamps are wall-clock UTC; timers use tokio's monotonic clock.
+//! A test injects its own [`Clock`] (e.g. one shifted hours ahead) instead of waiting.
 
 use tokio::time::Instant;
 
@@ -18,26 +18,5 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now_ms(&self) -> i64 {
         chrono::Utc::now().timestamp_millis()
-    }
-}
-
-/// A wall clock that moves only with tokio's (possibly paused) clock: for tests.
-pub struct TokioClock {
-    base_ms: i64,
-    base: Instant,
-}
-
-impl TokioClock {
-    pub fn new(base_ms: i64) -> TokioClock {
-        TokioClock {
-            base_ms,
-            base: Instant::now(),
-        }
-    }
-}
-
-impl Clock for TokioClock {
-    fn now_ms(&self) -> i64 {
-        self.base_ms + Instant::now().duration_since(self.base).as_millis() as i64
     }
 }

@@ -1157,20 +1157,8 @@ async fn metrics_report_requests_group_commit_and_stock() {
     )
     .await;
     s.reserve(&[("M1", 99)], 600).await; // refused
-    let text = s
-        .client
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let value = |name: &str| -> f64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-            .unwrap_or_else(|| panic!("{name} missing from:\n{text}"))
-    };
+    let text = s.metrics().await;
+    let value = |name: &str| metric(&text, name);
     assert_eq!(value("stockd_products "), 2.0);
     assert_eq!(value("stockd_active_reservations "), 1.0);
     // 5 records (2 products, 2 reservations, 1 cancel) in at least one fsync.

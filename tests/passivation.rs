@@ -11,18 +11,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 async fn gauge(s: &Server, name: &str) -> f64 {
-    let text = s
-        .client
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or_else(|| panic!("{name} missing"))
+    metric(&s.metrics().await, name)
 }
 
 /// Waits until at least `n` products are passive.

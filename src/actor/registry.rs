@@ -6,7 +6,7 @@
 //! virtual-actor systems do. Each incarnation of an actor has a number, so a passivating actor
 //! only ever replaces its own slot.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use dashmap::DashMap;
 use tokio::sync::mpsc;
@@ -36,6 +36,9 @@ pub type Spawn<'a> = &'a dyn Fn(Sku, Option<Passive>, u64) -> mpsc::Sender<Msg>;
 pub struct Registry {
     slots: DashMap<Sku, Slot>,
     incarnations: AtomicU64,
+    /// Counted at each transition, so a metrics scrape need not walk every slot.
+    live: AtomicUsize,
+    passive: AtomicUsize,
 }
 
 impl Registry {
@@ -62,6 +65,8 @@ impl Registry {
                     tx: tx.clone(),
                     incarnation,
                 };
+                self.passive.fetch_sub(1, Ordering::Relaxed);
+                self.live.fetch_add(1, Ordering::Relaxed);
                 Some(tx)
             }
         }
@@ -73,9 +78,12 @@ impl Registry {
             return tx;
         }
         let incarnation = self.next_incarnation();
-        let slot = self.slots.entry(sku.clone()).or_insert_with(|| Slot::Live {
-            tx: spawn(sku.clone(), None, incarnation),
-            incarnation,
+        let slot = self.slots.entry(sku.clone()).or_insert_with(|| {
+            self.live.fetch_add(1, Ordering::Relaxed);
+            Slot::Live {
+                tx: spawn(sku.clone(), None, incarnation),
+                incarnation,
+            }
         });
         match slot.value() {
             Slot::Live { tx, .. } => tx.clone(),
@@ -90,18 +98,20 @@ impl Registry {
     /// Registers an actor started at boot; returns its incarnation.
     pub fn insert_live(&self, sku: Sku, start: impl FnOnce(u64) -> mpsc::Sender<Msg>) {
         let incarnation = self.next_incarnation();
-        self.slots.insert(
-            sku,
-            Slot::Live {
-                tx: start(incarnation),
-                incarnation,
-            },
-        );
+        let slot = Slot::Live {
+            tx: start(incarnation),
+            incarnation,
+        };
+        let previous = self.slots.insert(sku, slot);
+        assert!(previous.is_none(), "a product is registered once at boot");
+        self.live.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Registers a product that starts passive (nothing held at boot).
     pub fn insert_passive(&self, sku: Sku, state: Passive) {
-        self.slots.insert(sku, Slot::Passive(state));
+        let previous = self.slots.insert(sku, Slot::Passive(state));
+        assert!(previous.is_none(), "a product is registered once at boot");
+        self.passive.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Replaces the live slot of this incarnation with its passive state. False if the slot is
@@ -113,6 +123,8 @@ impl Registry {
         match slot.value() {
             Slot::Live { incarnation: i, .. } if *i == incarnation => {
                 *slot.value_mut() = Slot::Passive(state);
+                self.live.fetch_sub(1, Ordering::Relaxed);
+                self.passive.fetch_add(1, Ordering::Relaxed);
                 true
             }
             _ => false,
@@ -121,21 +133,24 @@ impl Registry {
 
     /// Forgets the slot of an actor whose product was never created.
     pub fn forget(&self, sku: &str, incarnation: u64) -> bool {
-        self.slots
+        let removed = self
+            .slots
             .remove_if(
                 sku,
                 |_, slot| matches!(slot, Slot::Live { incarnation: i, .. } if *i == incarnation),
             )
-            .is_some()
+            .is_some();
+        if removed {
+            self.live.fetch_sub(1, Ordering::Relaxed);
+        }
+        removed
     }
 
     /// (live actors, passive products).
     pub fn census(&self) -> (usize, usize) {
-        let live = self
-            .slots
-            .iter()
-            .filter(|s| matches!(s.value(), Slot::Live { .. }))
-            .count();
-        (live, self.slots.len() - live)
+        (
+            self.live.load(Ordering::Relaxed),
+            self.passive.load(Ordering::Relaxed),
+        )
     }
 }

@@ -8,7 +8,7 @@ mod common;
 use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use common::*;
@@ -24,12 +24,39 @@ use stockd::wal::storage::{Disk, SegmentFile, Storage};
 struct Faulty {
     fail_sync: Arc<AtomicBool>,
     fail_write: Arc<AtomicBool>,
+    /// While held, fdatasync does not return: records are written but not yet durable.
+    hold_sync: Arc<Gate>,
 }
 
 struct FaultyFile {
     inner: Box<dyn SegmentFile>,
     fail_sync: Arc<AtomicBool>,
     fail_write: Arc<AtomicBool>,
+    hold_sync: Arc<Gate>,
+}
+
+#[derive(Default)]
+struct Gate {
+    held: Mutex<bool>,
+    opened: Condvar,
+}
+
+impl Gate {
+    fn hold(&self) {
+        *self.held.lock().unwrap() = true;
+    }
+
+    fn release(&self) {
+        *self.held.lock().unwrap() = false;
+        self.opened.notify_all();
+    }
+
+    fn pass(&self) {
+        let mut held = self.held.lock().unwrap();
+        while *held {
+            held = self.opened.wait(held).unwrap();
+        }
+    }
 }
 
 impl SegmentFile for FaultyFile {
@@ -46,6 +73,7 @@ impl SegmentFile for FaultyFile {
     }
 
     fn sync_data(&mut self) -> io::Result<()> {
+        self.hold_sync.pass();
         if self.fail_sync.load(Ordering::SeqCst) {
             return Err(io::Error::other(
                 "Input/output error (injected fdatasync failure)",
@@ -79,6 +107,7 @@ impl Faulty {
             inner,
             fail_sync: self.fail_sync.clone(),
             fail_write: self.fail_write.clone(),
+            hold_sync: self.hold_sync.clone(),
         }))
     }
 }
@@ -303,4 +332,70 @@ async fn full_disk_answers_503_exits_non_zero_and_restarts_clean() {
         StatusCode::CREATED,
         "writes work again once there is space"
     );
+}
+
+/// Invariant 6: while a change is written but not yet fsynced, it is not acknowledged, no
+/// read shows it, and a refusal that depends on it waits until it is durable.
+#[test]
+fn nothing_undurable_is_shown_or_refused_against() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = EngineConfig {
+        data_dir: dir.path().join("data"),
+        ..EngineConfig::default()
+    };
+    let faulty = Arc::new(Faulty::default());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (engine, _) = rt
+        .block_on(Engine::open_with_storage(
+            &config,
+            Arc::new(SystemClock),
+            faulty.clone(),
+            Box::new(|m| panic!("{m}")),
+        ))
+        .unwrap();
+    rt.block_on(async {
+        let product = PutProduct {
+            on_hand: Some(1),
+            ..PutProduct::default()
+        };
+        engine.put_product("t", "F", product, None).await.unwrap();
+
+        faulty.hold_sync.hold();
+        let e = engine.clone();
+        let first = tokio::spawn(async move { e.reserve("t", reserve_one()).await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !first.is_finished(),
+            "acknowledged before its fsync returned"
+        );
+
+        // The actor has taken the last unit, but reads show durable state only.
+        let p = engine.product("F").unwrap();
+        assert_eq!((p.reserved, p.available), (0, 1));
+        let availability = stockd::engine::requests::Availability {
+            items: vec![ItemRequest {
+                sku: "F".into(),
+                quantity: 1,
+            }],
+        };
+        let (ok, _) = engine.availability(&availability).unwrap();
+        assert!(ok, "availability counts only durable holds");
+
+        // A refusal caused by the pending hold is not answered before that hold is durable.
+        let e = engine.clone();
+        let second = tokio::spawn(async move { e.reserve("t", reserve_one()).await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !second.is_finished(),
+            "refused on the strength of an undurable change"
+        );
+
+        faulty.hold_sync.release();
+        assert!(first.await.unwrap().is_ok());
+        assert!(matches!(
+            second.await.unwrap(),
+            Err(EngineError::InsufficientStock(_))
+        ));
+        assert_eq!(engine.product("F").unwrap().reserved, 1);
+    });
 }

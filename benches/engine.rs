@@ -284,10 +284,8 @@ fn replay_speed(c: &mut Criterion) {
         // The ledger is kept after a real replay: dropping it is not part of the start-up.
         b.iter_with_large_drop(|| {
             let mut ledger = Ledger::new();
-            let outcome = replay(dir.path(), Mode::ReadOnly, |record, _| {
-                ledger.apply(&record)
-            })
-            .expect("replay");
+            let outcome = replay(dir.path(), Mode::ReadOnly, |record, _| ledger.apply(record))
+                .expect("replay");
             assert_eq!(outcome.records, RECORDS);
             ledger
         })

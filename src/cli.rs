@@ -18,7 +18,7 @@ pub fn verify(data_dir: &Path) -> Result<String, String> {
         return Err(format!("{} is not a directory", data_dir.display()));
     }
     let mut ledger = Ledger::new();
-    let outcome = replay(data_dir, Mode::ReadOnly, |record, _| ledger.apply(&record))
+    let outcome = replay(data_dir, Mode::ReadOnly, |record, _| ledger.apply(record))
         .map_err(|e| e.to_string())?;
     ledger
         .check_invariants()
@@ -60,15 +60,15 @@ pub fn dump(data_dir: &Path, sku: Option<&str>, out: &mut dyn Write) -> Result<(
                 .iter()
                 .any(|s| s == sku),
         };
-        ledger.apply(&record)?;
-        if touches && write_error.is_none() {
+        // The line is built before the record is applied (which consumes it).
+        let line = (touches && write_error.is_none()).then(|| {
             let mut event = serde_json::to_value(&record.event).unwrap_or_default();
             let data = event
                 .as_object_mut()
                 .and_then(|o| o.values_mut().next())
                 .map(std::mem::take)
                 .unwrap_or_default();
-            let line = json!({
+            json!({
                 "record": seq,
                 "segment": position.path.file_name().and_then(|n| n.to_str()),
                 "offset": position.offset,
@@ -77,7 +77,10 @@ pub fn dump(data_dir: &Path, sku: Option<&str>, out: &mut dyn Write) -> Result<(
                 "op_id": record.op_id,
                 "event": record.event.kind(),
                 "data": data,
-            });
+            })
+        });
+        ledger.apply(record)?;
+        if let Some(line) = line {
             if let Err(e) = writeln!(out, "{line}") {
                 write_error = Some(e);
             }
@@ -103,7 +106,7 @@ fn touched_skus(ledger: &Ledger, event: &Event) -> Vec<Sku> {
         | Event::Released { reservation_id, .. }
         | Event::Extended { reservation_id, .. } => ledger
             .reservation(reservation_id)
-            .map(|r| r.items.iter().map(|i| i.sku.clone()).collect())
+            .map(|r| r.items().iter().map(|i| i.sku.clone()).collect())
             .unwrap_or_default(),
     }
 }

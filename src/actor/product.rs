@@ -244,7 +244,7 @@ impl ProductActor {
                 return None;
             }
             let home = Home {
-                items: r.items.clone(),
+                items: r.items().to_vec(),
                 status: r.status,
                 deadline: self.shared.clock.now(),
                 end_lsn: 0,

@@ -127,7 +127,7 @@ impl Engine {
             .map_err(|e| WalError::io("cannot create data directory", &config.data_dir, e))?;
         let mut ledger = Ledger::new();
         let outcome = replay::replay(&config.data_dir, Mode::Repair, |record, _| {
-            ledger.apply(&record)
+            ledger.apply(record)
         })?;
         if let Some(torn) = &outcome.torn_tail {
             tracing::warn!(
@@ -144,7 +144,7 @@ impl Engine {
             .filter(|(_, r)| {
                 r.status == ReservationStatus::Active && r.expires_at_ms <= clock.now_ms()
             })
-            .map(|(_, r)| home_of(&r.items).clone())
+            .map(|(_, r)| home_of(r.items()).clone())
             .collect();
         let products = ledger.product_count();
         let active_reservations = ledger.active_reservations();
@@ -859,7 +859,7 @@ impl Engine {
             .ledger
             .read()
             .reservation(id)
-            .map(|r| r.items.clone())
+            .map(|r| r.items().to_vec())
             .ok_or_else(|| EngineError::NotFound(format!("no reservation {id}")))?;
         Ok((home_of(&items).clone(), items))
     }
@@ -1106,12 +1106,12 @@ fn seeds_from(ledger: &Ledger, clock: &dyn Clock) -> Vec<(Sku, Seed)> {
         if r.status != ReservationStatus::Active {
             continue;
         }
-        for item in &r.items {
+        for item in r.items() {
             let seed = seeds.get_mut(&item.sku).expect("reserved products exist");
             seed.holds.insert(*id, item.quantity);
         }
         let remaining_ms = (r.expires_at_ms - now_ms).max(0) as u64;
-        let home = home_of(&r.items);
+        let home = home_of(r.items());
         seeds
             .get_mut(home)
             .expect("reserved products exist")
@@ -1119,7 +1119,7 @@ fn seeds_from(ledger: &Ledger, clock: &dyn Clock) -> Vec<(Sku, Seed)> {
             .insert(
                 *id,
                 Home {
-                    items: r.items.clone(),
+                    items: r.items().to_vec(),
                     status: r.status,
                     deadline: now + std::time::Duration::from_millis(remaining_ms),
                     end_lsn: 0,

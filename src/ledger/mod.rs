@@ -7,11 +7,16 @@
 //! (invariant 7). The actors hold the live, possibly not-yet-durable counts that decisions
 //! are made against; the ledger is what may be shown.
 
+mod reservations;
 pub mod views;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
+// foldhash, seeded per process: several times faster than SipHash on these small keys, and
+// still not predictable by a client choosing ids.
+use foldhash::HashMap;
+use smallvec::SmallVec;
 use uuid::Uuid;
 
 use crate::domain::limits::{LOW_STOCK_THRESHOLD_DEFAULT, ON_HAND_MAX, OPERATION_ID_RETENTION_MS};
@@ -64,12 +69,12 @@ impl Action {
     }
 }
 
-/// Who and why, for the history entries of one record. Compact and cheap to clone (one per
-/// item of a multi-item record): the actor name is interned, free text is allocated only when
-/// a record has some, and `metadata` is rendered to JSON only when read.
+/// Who and why, for the history entries of one record. Cheap to clone (one per item of a
+/// multi-item record): the actor is an index into the interned names, free text is allocated
+/// only when a record has some, and `metadata` is rendered to JSON only when read.
 #[derive(Debug, Clone)]
 struct Tag {
-    actor: Arc<str>,
+    actor: u32,
     reservation_id: Option<Uuid>,
     marker: Marker,
     detail: Option<Arc<Detail>>,
@@ -91,7 +96,7 @@ struct Detail {
     reason: Option<String>,
 }
 
-impl Tag {
+impl HistoryEntry {
     fn metadata(&self) -> Option<serde_json::Value> {
         match self.marker {
             Marker::None => None,
@@ -104,19 +109,27 @@ impl Tag {
     }
 }
 
+/// One history entry: 56 bytes, because every reserve and every end adds one and they are
+/// all kept. Only the counts *after* are stored: the counts before are the previous entry's
+/// after (or zero for the first), so the chain of invariant 7 holds by construction.
 #[derive(Debug, Clone)]
 struct HistoryEntry {
     at_ms: i64,
+    on_hand: u64,
+    reserved: u64,
+    detail: Option<Arc<Detail>>,
+    reservation_id: Option<Uuid>,
+    actor: u32,
     action: Action,
-    on_hand_before: u64,
-    on_hand_after: u64,
-    reserved_before: u64,
-    reserved_after: u64,
-    tag: Tag,
+    marker: Marker,
 }
+
+const _: () = assert!(std::mem::size_of::<HistoryEntry>() <= 56);
 
 #[derive(Debug, Clone)]
 struct Product {
+    /// The map's own key, shared with the items of reservations and sales (no copy each).
+    sku: Sku,
     name: Option<String>,
     low_stock_threshold: u64,
     on_hand: u64,
@@ -146,21 +159,91 @@ impl Product {
     }
 }
 
-/// A reservation as the log tells it.
+/// A reservation as the log tells it. Kept for every reservation ever made (ids are
+/// answered forever), so it is compact: one item inline, optional text boxed only when sent.
 #[derive(Debug, Clone)]
 pub struct Reservation {
-    pub items: Vec<Item>,
+    items: SmallVec<[Item; 1]>,
     pub status: ReservationStatus,
+    pub reacquired: bool,
+    pub fingerprint: u32,
     pub created_at_ms: i64,
     pub expires_at_ms: i64,
     pub original_expires_at_ms: i64,
-    pub session_id: Option<String>,
-    pub user_id: Option<String>,
-    pub reference: Option<String>,
-    pub metadata: Option<String>,
-    pub fingerprint: u32,
-    pub sold: Option<Vec<u64>>,
-    pub reacquired: bool,
+    /// Units sold of each item, once completed (empty before).
+    sold: SmallVec<[u64; 1]>,
+    text: Option<PackedText>,
+}
+
+impl Reservation {
+    pub fn items(&self) -> &[Item] {
+        &self.items
+    }
+
+    fn text(&self, field: TextField) -> Option<String> {
+        self.text
+            .as_ref()
+            .and_then(|t| t.field(field as usize))
+            .map(str::to_string)
+    }
+}
+
+#[derive(Clone, Copy)]
+enum TextField {
+    SessionId = 0,
+    UserId = 1,
+    Reference = 2,
+    Metadata = 3,
+}
+
+/// A reservation's optional free text (session id, user id, reference, metadata) in ONE
+/// allocation instead of four strings: four u32 lengths (u32::MAX = absent), then the bytes.
+#[derive(Debug, Clone)]
+struct PackedText(Box<[u8]>);
+
+impl PackedText {
+    const FIELDS: usize = 4;
+    const HEADER_BYTES: usize = 4 * Self::FIELDS;
+
+    fn pack(fields: [Option<String>; Self::FIELDS]) -> Option<PackedText> {
+        if fields.iter().all(Option::is_none) {
+            return None;
+        }
+        let text_bytes: usize = fields.iter().flatten().map(String::len).sum();
+        let mut bytes = Vec::with_capacity(Self::HEADER_BYTES + text_bytes);
+        for field in &fields {
+            let len = field.as_ref().map_or(u32::MAX, |f| {
+                u32::try_from(f.len()).expect("free text is bounded far below 4 GiB")
+            });
+            bytes.extend_from_slice(&len.to_le_bytes());
+        }
+        for field in fields.iter().flatten() {
+            bytes.extend_from_slice(field.as_bytes());
+        }
+        Some(PackedText(bytes.into_boxed_slice()))
+    }
+
+    fn field(&self, index: usize) -> Option<&str> {
+        let mut start = Self::HEADER_BYTES;
+        for i in 0..Self::FIELDS {
+            let mut len = [0u8; 4];
+            len.copy_from_slice(&self.0[i * 4..i * 4 + 4]);
+            let len = u32::from_le_bytes(len);
+            if len == u32::MAX {
+                if i == index {
+                    return None;
+                }
+                continue;
+            }
+            let end = start + len as usize;
+            if i == index {
+                let text = std::str::from_utf8(&self.0[start..end]);
+                return Some(text.expect("packed from strings, split at their lengths"));
+            }
+            start = end;
+        }
+        None
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -185,7 +268,7 @@ pub struct ProductOp {
 #[derive(Debug, Default)]
 pub struct Ledger {
     products: BTreeMap<Sku, Product>,
-    reservations: HashMap<Uuid, Reservation>,
+    reservations: reservations::Reservations,
     sales: HashMap<Uuid, Sale>,
     product_ops: HashMap<Uuid, ProductOp>,
     /// Product-op ids in record order, to forget them after the retention period.
@@ -193,8 +276,10 @@ pub struct Ledger {
     records: u64,
     /// Active reservations.
     active: usize,
-    /// Actor names (token names, `anonymous`, `stockd`): few, so each is stored once.
-    actors: HashMap<String, Arc<str>>,
+    /// Actor names (token names, `anonymous`, `stockd`): few, so each is stored once and
+    /// history entries carry its index.
+    actor_names: Vec<Arc<str>>,
+    actor_index: HashMap<String, u32>,
     /// Answers of product operations that cannot be repeated (no client id), kept only until
     /// the engine takes them; None during replay, when nobody waits for them.
     answers: Option<HashMap<Uuid, ProductOp>>,
@@ -216,13 +301,14 @@ impl Ledger {
         Ledger::default()
     }
 
-    fn intern(&mut self, actor: &str) -> Arc<str> {
-        if let Some(a) = self.actors.get(actor) {
-            return a.clone();
+    fn intern(&mut self, actor: &str) -> u32 {
+        if let Some(&index) = self.actor_index.get(actor) {
+            return index;
         }
-        let a: Arc<str> = Arc::from(actor);
-        self.actors.insert(actor.to_string(), a.clone());
-        a
+        let index = u32::try_from(self.actor_names.len()).expect("fewer than 2^32 token names");
+        self.actor_names.push(Arc::from(actor));
+        self.actor_index.insert(actor.to_string(), index);
+        index
     }
 
     pub fn records(&self) -> u64 {
@@ -231,9 +317,14 @@ impl Ledger {
 
     /// Applies one durable record. `Err` means the log contradicts itself (a bug, or a log
     /// that was edited): replay reports it as corruption at that record.
-    pub fn apply(&mut self, record: &Record) -> Result<(), String> {
-        let at_ms = record.at_ms;
-        let actor = self.intern(&record.actor);
+    pub fn apply(&mut self, record: Record) -> Result<(), String> {
+        let Record {
+            at_ms,
+            actor,
+            op_id,
+            event,
+        } = record;
+        let actor = self.intern(&actor);
         let meta = |reference: Option<&String>,
                     note: Option<&String>,
                     reservation_id,
@@ -247,13 +338,14 @@ impl Ledger {
                 })
             });
             Tag {
-                actor: actor.clone(),
+                actor,
                 reservation_id,
                 marker,
                 detail,
             }
         };
-        match &record.event {
+        let restock = matches!(event, Event::Restocked { .. });
+        match event {
             Event::ProductPut {
                 sku,
                 created,
@@ -263,13 +355,14 @@ impl Ledger {
                 fingerprint,
             } => {
                 let m = meta(None, None, None, Marker::None, None);
-                if *created {
-                    if self.products.contains_key(sku) {
+                if created {
+                    if self.products.contains_key(&sku) {
                         return Err(format!("product {sku} created twice"));
                     }
                     let on_hand = on_hand.unwrap_or(0);
                     let mut p = Product {
-                        name: name.clone(),
+                        sku: sku.clone(),
+                        name,
                         low_stock_threshold: low_stock_threshold
                             .unwrap_or(LOW_STOCK_THRESHOLD_DEFAULT),
                         on_hand: 0,
@@ -288,12 +381,12 @@ impl Ledger {
                     );
                     self.products.insert(sku.clone(), p);
                 } else {
-                    let p = self.product_mut(sku)?;
+                    let p = self.product_mut(&sku)?;
                     if let Some(name) = name {
-                        p.name = Some(name.clone());
+                        p.name = Some(name);
                     }
                     if let Some(t) = low_stock_threshold {
-                        p.low_stock_threshold = *t;
+                        p.low_stock_threshold = t;
                     }
                     let new_on_hand = on_hand.unwrap_or(p.on_hand);
                     if new_on_hand < p.reserved {
@@ -305,7 +398,7 @@ impl Ledger {
                     let reserved = p.reserved;
                     push(p, at_ms, Action::Set, new_on_hand, reserved, m);
                 }
-                self.remember_op(record, sku, "product_put", *fingerprint, *created);
+                self.remember_op(at_ms, op_id, &sku, "product_put", fingerprint, created);
             }
             // Stock received, or returned by a customer: on_hand grows, nothing else changes.
             Event::Restocked {
@@ -322,16 +415,17 @@ impl Ledger {
                 note,
                 fingerprint,
             } => {
-                let (action, kind) = match &record.event {
-                    Event::Restocked { .. } => (Action::Restock, "restock"),
-                    _ => (Action::Return, "return"),
+                let (action, kind) = if restock {
+                    (Action::Restock, "restock")
+                } else {
+                    (Action::Return, "return")
                 };
-                let p = self.product_mut(sku)?;
-                let on_hand = add(p.on_hand, *quantity, "on_hand")?;
+                let p = self.product_mut(&sku)?;
+                let on_hand = add(p.on_hand, quantity, "on_hand")?;
                 let reserved = p.reserved;
                 let m = meta(reference.as_ref(), note.as_ref(), None, Marker::None, None);
                 push(p, at_ms, action, on_hand, reserved, m);
-                self.remember_op(record, sku, kind, *fingerprint, false);
+                self.remember_op(at_ms, op_id, &sku, kind, fingerprint, false);
             }
             Event::Adjusted {
                 sku,
@@ -341,8 +435,8 @@ impl Ledger {
                 note,
                 fingerprint,
             } => {
-                let p = self.product_mut(sku)?;
-                let on_hand = if *delta >= 0 {
+                let p = self.product_mut(&sku)?;
+                let on_hand = if delta >= 0 {
                     add(p.on_hand, delta.unsigned_abs(), "on_hand")?
                 } else {
                     sub(p.on_hand, delta.unsigned_abs(), "on_hand")?
@@ -359,19 +453,20 @@ impl Ledger {
                     note.as_ref(),
                     None,
                     Marker::Adjusted,
-                    Some(reason),
+                    Some(&reason),
                 );
                 push(p, at_ms, Action::Adjust, on_hand, reserved, m);
-                self.remember_op(record, sku, "adjust", *fingerprint, false);
+                self.remember_op(at_ms, op_id, &sku, "adjust", fingerprint, false);
             }
             Event::Sold {
-                items,
+                mut items,
                 reference,
                 fingerprint,
             } => {
                 let m = meta(reference.as_ref(), None, None, Marker::None, None);
-                for item in items {
-                    let p = self.product_mut(&item.sku)?;
+                for item in &mut items {
+                    let p = product_in(&mut self.products, &item.sku)?;
+                    item.sku = p.sku.clone();
                     let on_hand = sub(p.on_hand, item.quantity, "on_hand")?;
                     if on_hand < p.reserved {
                         return Err(format!("{}: sale takes reserved stock", item.sku));
@@ -380,12 +475,12 @@ impl Ledger {
                     push(p, at_ms, Action::Sale, on_hand, reserved, m.clone());
                 }
                 self.sales.insert(
-                    record.op_id,
+                    op_id,
                     Sale {
-                        items: items.clone(),
+                        items,
                         at_ms,
-                        reference: reference.clone(),
-                        fingerprint: *fingerprint,
+                        reference,
+                        fingerprint,
                     },
                 );
             }
@@ -398,18 +493,14 @@ impl Ledger {
                 metadata,
                 fingerprint,
             } => {
-                if self.reservations.contains_key(&record.op_id) {
-                    return Err(format!("reservation {} created twice", record.op_id));
+                if self.reservations.contains_key(&op_id) {
+                    return Err(format!("reservation {op_id} created twice"));
                 }
-                let m = meta(
-                    reference.as_ref(),
-                    None,
-                    Some(record.op_id),
-                    Marker::None,
-                    None,
-                );
-                for item in items {
-                    let p = self.product_mut(&item.sku)?;
+                let m = meta(reference.as_ref(), None, Some(op_id), Marker::None, None);
+                let mut items: SmallVec<[Item; 1]> = SmallVec::from_vec(items);
+                for item in &mut items {
+                    let p = product_in(&mut self.products, &item.sku)?;
+                    item.sku = p.sku.clone();
                     let reserved = add(p.reserved, item.quantity, "reserved")?;
                     if reserved > p.on_hand {
                         return Err(format!(
@@ -421,21 +512,19 @@ impl Ledger {
                     push(p, at_ms, Action::Reserve, on_hand, reserved, m.clone());
                 }
                 self.active += 1;
+                let text = PackedText::pack([session_id, user_id, reference, metadata]);
                 self.reservations.insert(
-                    record.op_id,
+                    op_id,
                     Reservation {
-                        items: items.clone(),
+                        items,
                         status: ReservationStatus::Active,
-                        created_at_ms: at_ms,
-                        expires_at_ms: *expires_at_ms,
-                        original_expires_at_ms: *expires_at_ms,
-                        session_id: session_id.clone(),
-                        user_id: user_id.clone(),
-                        reference: reference.clone(),
-                        metadata: metadata.clone(),
-                        fingerprint: *fingerprint,
-                        sold: None,
                         reacquired: false,
+                        fingerprint,
+                        created_at_ms: at_ms,
+                        expires_at_ms,
+                        original_expires_at_ms: expires_at_ms,
+                        sold: SmallVec::new(),
+                        text,
                     },
                 );
             }
@@ -447,9 +536,9 @@ impl Ledger {
             } => {
                 let r = self
                     .reservations
-                    .get(reservation_id)
+                    .get_mut(&reservation_id)
                     .ok_or_else(|| format!("completion of unknown reservation {reservation_id}"))?;
-                let expected = if *reacquired {
+                let expected = if reacquired {
                     ReservationStatus::Expired
                 } else {
                     ReservationStatus::Active
@@ -460,28 +549,21 @@ impl Ledger {
                         r.status
                     ));
                 }
-                let items = r.items.clone();
-                let marker = if *reacquired {
+                let marker = if reacquired {
                     Marker::Reacquired
                 } else {
                     Marker::None
                 };
-                let m = meta(
-                    reference.as_ref(),
-                    None,
-                    Some(*reservation_id),
-                    marker,
-                    None,
-                );
-                for (item, sold_qty) in items.iter().zip(sold) {
+                let m = meta(reference.as_ref(), None, Some(reservation_id), marker, None);
+                for (item, sold_qty) in r.items.iter().zip(&sold) {
                     if *sold_qty > item.quantity {
                         return Err(format!(
                             "{}: sold {sold_qty} of a hold of {}",
                             item.sku, item.quantity
                         ));
                     }
-                    let p = self.product_mut(&item.sku)?;
-                    let reserved = if *reacquired {
+                    let p = product_in(&mut self.products, &item.sku)?;
+                    let reserved = if reacquired {
                         p.reserved
                     } else {
                         sub(p.reserved, item.quantity, "reserved")?
@@ -495,14 +577,10 @@ impl Ledger {
                     }
                     push(p, at_ms, Action::Complete, on_hand, reserved, m.clone());
                 }
-                let r = self
-                    .reservations
-                    .get_mut(reservation_id)
-                    .expect("checked above");
                 r.status = ReservationStatus::Completed;
-                r.sold = Some(sold.clone());
-                r.reacquired = *reacquired;
-                if !*reacquired {
+                r.sold = SmallVec::from_vec(sold);
+                r.reacquired = reacquired;
+                if !reacquired {
                     self.active -= 1;
                 }
             }
@@ -513,7 +591,7 @@ impl Ledger {
             } => {
                 let r = self
                     .reservations
-                    .get(reservation_id)
+                    .get_mut(&reservation_id)
                     .ok_or_else(|| format!("release of unknown reservation {reservation_id}"))?;
                 if r.status != ReservationStatus::Active {
                     return Err(format!(
@@ -521,24 +599,19 @@ impl Ledger {
                         r.status
                     ));
                 }
-                let items = r.items.clone();
                 let m = meta(
                     None,
                     note.as_ref(),
-                    Some(*reservation_id),
-                    Marker::Released(*reason),
+                    Some(reservation_id),
+                    Marker::Released(reason),
                     None,
                 );
-                for item in &items {
-                    let p = self.product_mut(&item.sku)?;
+                for item in &r.items {
+                    let p = product_in(&mut self.products, &item.sku)?;
                     let reserved = sub(p.reserved, item.quantity, "reserved")?;
                     let on_hand = p.on_hand;
                     push(p, at_ms, Action::Release, on_hand, reserved, m.clone());
                 }
-                let r = self
-                    .reservations
-                    .get_mut(reservation_id)
-                    .expect("checked above");
                 r.status = match reason {
                     ReleaseReason::Expired => ReservationStatus::Expired,
                     ReleaseReason::Cancelled | ReleaseReason::Aborted => {
@@ -553,7 +626,7 @@ impl Ledger {
             } => {
                 let r = self
                     .reservations
-                    .get_mut(reservation_id)
+                    .get_mut(&reservation_id)
                     .ok_or_else(|| format!("extension of unknown reservation {reservation_id}"))?;
                 if r.status != ReservationStatus::Active {
                     return Err(format!(
@@ -561,7 +634,7 @@ impl Ledger {
                         r.status
                     ));
                 }
-                r.expires_at_ms = *expires_at_ms;
+                r.expires_at_ms = expires_at_ms;
             }
         }
         self.records += 1;
@@ -569,14 +642,13 @@ impl Ledger {
     }
 
     fn product_mut(&mut self, sku: &Sku) -> Result<&mut Product, String> {
-        self.products
-            .get_mut(sku)
-            .ok_or_else(|| format!("record names unknown product {sku}"))
+        product_in(&mut self.products, sku)
     }
 
     fn remember_op(
         &mut self,
-        record: &Record,
+        at_ms: i64,
+        op_id: Uuid,
         sku: &Sku,
         kind: &'static str,
         fingerprint: u32,
@@ -592,27 +664,26 @@ impl Ledger {
                     fingerprint,
                     created,
                     view,
-                    at_ms: record.at_ms,
+                    at_ms,
                 };
-                answers.insert(record.op_id, op);
+                answers.insert(op_id, op);
             }
             return;
         }
         let view = self.products[sku].view(sku);
         self.product_ops.insert(
-            record.op_id,
+            op_id,
             ProductOp {
                 kind,
                 fingerprint,
                 created,
                 view,
-                at_ms: record.at_ms,
+                at_ms,
             },
         );
-        self.product_op_order
-            .push_back((record.at_ms, record.op_id));
+        self.product_op_order.push_back((at_ms, op_id));
         // Forget product-op ids past the retention period (bounded memory).
-        let horizon = record.at_ms - OPERATION_ID_RETENTION_MS;
+        let horizon = at_ms - OPERATION_ID_RETENTION_MS;
         while let Some((at, id)) = self.product_op_order.front().copied() {
             if at >= horizon {
                 break;
@@ -688,20 +759,24 @@ impl Ledger {
                 next = out.last().map(|v: &HistoryView| v.seq);
                 break;
             }
+            let (on_hand_before, reserved_before) = match index.checked_sub(1) {
+                Some(previous) => (p.history[previous].on_hand, p.history[previous].reserved),
+                None => (0, 0),
+            };
             out.push(HistoryView {
                 seq: index as u64 + 1,
                 at: views::rfc3339_ms(e.at_ms),
                 action: e.action.as_str(),
-                quantity_before: e.on_hand_before,
-                quantity_after: e.on_hand_after,
-                change: e.on_hand_after as i64 - e.on_hand_before as i64,
-                reserved_before: e.reserved_before,
-                reserved_after: e.reserved_after,
-                actor: e.tag.actor.to_string(),
-                reference: e.tag.detail.as_ref().and_then(|d| d.reference.clone()),
-                reservation_id: e.tag.reservation_id,
-                note: e.tag.detail.as_ref().and_then(|d| d.note.clone()),
-                metadata: e.tag.metadata(),
+                quantity_before: on_hand_before,
+                quantity_after: e.on_hand,
+                change: e.on_hand as i64 - on_hand_before as i64,
+                reserved_before,
+                reserved_after: e.reserved,
+                actor: self.actor_names[e.actor as usize].to_string(),
+                reference: e.detail.as_ref().and_then(|d| d.reference.clone()),
+                reservation_id: e.reservation_id,
+                note: e.detail.as_ref().and_then(|d| d.note.clone()),
+                metadata: e.metadata(),
             });
         }
         Some((out, next))
@@ -722,13 +797,13 @@ impl Ledger {
         let r = self.reservations.get(id)?;
         Some(ReservationView::created(
             *id,
-            r.items.clone(),
+            r.items.to_vec(),
             r.created_at_ms,
             r.original_expires_at_ms,
-            r.session_id.clone(),
-            r.user_id.clone(),
-            r.reference.clone(),
-            parse_metadata(r.metadata.as_deref()),
+            r.text(TextField::SessionId),
+            r.text(TextField::UserId),
+            r.text(TextField::Reference),
+            parse_metadata(r.text(TextField::Metadata).as_deref()),
         ))
     }
 
@@ -749,7 +824,7 @@ impl Ledger {
     /// From now on, keep the answers of unrepeatable product operations for the engine to take
     /// (after replay: during it, nobody waits for them).
     pub fn serve_answers(&mut self) {
-        self.answers.get_or_insert_with(HashMap::new);
+        self.answers.get_or_insert_with(HashMap::default);
     }
 
     /// The outcome of an unrepeatable product operation, handed over once.
@@ -795,7 +870,7 @@ impl Ledger {
                 self.active
             ));
         }
-        let mut held: HashMap<&Sku, u64> = HashMap::new();
+        let mut held: HashMap<&Sku, u64> = HashMap::default();
         for r in self
             .reservations
             .values()
@@ -819,14 +894,10 @@ impl Ledger {
                     p.reserved
                 ));
             }
-            let mut prev = (0u64, 0u64);
-            for (i, e) in p.history.iter().enumerate() {
-                if (e.on_hand_before, e.reserved_before) != prev {
-                    return Err(format!("{sku}: history entry {} does not chain", i + 1));
-                }
-                prev = (e.on_hand_after, e.reserved_after);
-            }
-            if prev != (p.on_hand, p.reserved) {
+            // Entries store only the counts after; before is the previous entry's, so the
+            // chain holds by construction and only its end needs checking.
+            let last = p.history.last().map_or((0, 0), |e| (e.on_hand, e.reserved));
+            if last != (p.on_hand, p.reserved) {
                 return Err(format!("{sku}: history does not end at the current counts"));
             }
         }
@@ -834,15 +905,30 @@ impl Ledger {
     }
 }
 
+fn product_in<'a>(
+    products: &'a mut BTreeMap<Sku, Product>,
+    sku: &Sku,
+) -> Result<&'a mut Product, String> {
+    products
+        .get_mut(sku)
+        .ok_or_else(|| format!("record names unknown product {sku}"))
+}
+
 fn push(p: &mut Product, at_ms: i64, action: Action, on_hand: u64, reserved: u64, tag: Tag) {
+    // Most products have a short history: grow one entry at a time while it is short, then
+    // double (amortised O(1)).
+    if p.history.len() == p.history.capacity() && p.history.len() < 8 {
+        p.history.reserve_exact(1);
+    }
     p.history.push(HistoryEntry {
         at_ms,
+        on_hand,
+        reserved,
+        detail: tag.detail,
+        reservation_id: tag.reservation_id,
+        actor: tag.actor,
         action,
-        on_hand_before: p.on_hand,
-        on_hand_after: on_hand,
-        reserved_before: p.reserved,
-        reserved_after: reserved,
-        tag,
+        marker: tag.marker,
     });
     p.on_hand = on_hand;
     p.reserved = reserved;
@@ -858,17 +944,17 @@ fn reservation_view(
     ReservationView {
         id: *id,
         status: status.as_str(),
-        items: r.items.clone(),
+        items: r.items.to_vec(),
         created_at: views::rfc3339_ms(r.created_at_ms),
         expires_at: views::rfc3339_ms(expires_at_ms),
-        session_id: r.session_id.clone(),
-        user_id: r.user_id.clone(),
-        reference: r.reference.clone(),
-        metadata: parse_metadata(r.metadata.as_deref()),
-        sold_items: r.sold.as_ref().map(|sold| {
+        session_id: r.text(TextField::SessionId),
+        user_id: r.text(TextField::UserId),
+        reference: r.text(TextField::Reference),
+        metadata: parse_metadata(r.text(TextField::Metadata).as_deref()),
+        sold_items: (!r.sold.is_empty()).then(|| {
             r.items
                 .iter()
-                .zip(sold)
+                .zip(&r.sold)
                 .map(|(i, q)| Item {
                     sku: i.sku.clone(),
                     quantity: *q,
@@ -891,4 +977,24 @@ pub fn home_of(items: &[Item]) -> &Sku {
         .min_by(|a, b| a.sku.cmp(&b.sku))
         .expect("a reservation has at least one item")
         .sku
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PackedText;
+
+    #[test]
+    fn packed_text_keeps_each_field_absent_empty_or_set() {
+        let fields = [
+            Some("session-1".to_string()),
+            None,
+            Some(String::new()),
+            Some("{\"k\":\"ü\"}".to_string()),
+        ];
+        let packed = PackedText::pack(fields.clone()).expect("some text");
+        for (i, field) in fields.iter().enumerate() {
+            assert_eq!(packed.field(i), field.as_deref(), "field {i}");
+        }
+        assert!(PackedText::pack([None, None, None, None]).is_none());
+    }
 }

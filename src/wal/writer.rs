@@ -297,7 +297,7 @@ impl Writer {
             {
                 let mut ledger = self.ledger.write();
                 for p in batch.drain(..) {
-                    if let Err(e) = ledger.apply(&p.record) {
+                    if let Err(e) = ledger.apply(p.record) {
                         // The actors decided this change against the same counts: a broken invariant.
                         panic!("durable record {} contradicts the ledger: {e}", p.lsn);
                     }

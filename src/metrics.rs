@@ -78,6 +78,7 @@ pub struct Metrics {
     pub products: Gauge,
     pub live_actors: Gauge,
     pub passive_products: Gauge,
+    pub expiry_alarms: Gauge,
 }
 
 impl Default for Metrics {
@@ -103,6 +104,7 @@ impl Metrics {
         let products = Gauge::default();
         let live_actors = Gauge::default();
         let passive_products = Gauge::default();
+        let expiry_alarms = Gauge::default();
         registry.register(
             "http_requests",
             "HTTP requests by method, route and status",
@@ -158,6 +160,11 @@ impl Metrics {
             "Products whose idle actor passivated",
             passive_products.clone(),
         );
+        registry.register(
+            "expiry_alarms",
+            "Alarms pending to revive passive products when a hold homed there expires",
+            expiry_alarms.clone(),
+        );
         Metrics {
             registry,
             http_requests,
@@ -171,6 +178,7 @@ impl Metrics {
             products,
             live_actors,
             passive_products,
+            expiry_alarms,
         }
     }
 

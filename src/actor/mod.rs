@@ -1,9 +1,11 @@
 //! Product actors: one tokio task per SKU owns that product's live counts, its holds and their
 //! expiry, and serialises every change to them. Nothing here touches the disk: an actor hands
 //! its record to the log writer (early lock release) and moves on; the caller waits for the
-//! record to be durable before answering the client. Idle actors that hold nothing passivate
-//! (see [`registry`]) and are revived by the next message for their product.
+//! record to be durable before answering the client. Idle actors passivate (see [`registry`])
+//! and are revived by the next message for their product, or by an alarm when a reservation
+//! homed there is due to expire (see [`alarms`]).
 
+pub mod alarms;
 pub mod messages;
 pub mod product;
 pub mod registry;
@@ -28,6 +30,7 @@ pub struct Shared {
     pub metrics: Arc<crate::metrics::Metrics>,
     pub clock: Arc<dyn Clock>,
     pub registry: Registry,
+    pub alarms: Arc<alarms::Alarms>,
     /// Durable state: where an actor finds reservations it ended and no longer keeps.
     pub ledger: Arc<RwLock<Ledger>>,
     pub mailbox_capacity: usize,
@@ -37,11 +40,17 @@ pub struct Shared {
     pub passivate_after: Option<Duration>,
 }
 
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.alarms.close();
+    }
+}
+
 /// The `actor` recorded for the server's own decisions (expiry).
 pub const SYSTEM_ACTOR: &str = "stockd";
 
 /// Attempts to deliver one message while the target passivates and revives; more means a
-/// broken invariant (an actor that holds something never passivates).
+/// broken invariant (an actor revived for a message stays live at least its idle time).
 const DELIVERY_ATTEMPTS: usize = 8;
 
 fn spawn_for(
@@ -49,16 +58,46 @@ fn spawn_for(
 ) -> impl Fn(Sku, Option<registry::Passive>, u64) -> mpsc::Sender<Msg> + '_ {
     move |sku, passive, incarnation| {
         let seed = match passive {
-            Some(p) => product::Seed {
-                exists: true,
-                on_hand: p.on_hand,
-                version: p.version,
-                ..product::Seed::default()
-            },
+            Some(p) => revival_seed(shared, &sku, p),
             None => product::Seed::default(),
         };
         product::spawn(sku, seed, shared.clone(), incarnation)
     }
+}
+
+/// The state to revive a passive product with: its counts and holds from the slot, and the
+/// reservations homed here from the ledger (which agrees with the actor that passivated:
+/// everything it did was durable, and only this product's actor ends its homes).
+fn revival_seed(shared: &Shared, sku: &Sku, passive: registry::Passive) -> product::Seed {
+    let mut seed = product::Seed {
+        exists: true,
+        on_hand: passive.on_hand,
+        version: passive.version,
+        ..product::Seed::default()
+    };
+    let Some(held) = passive.held else {
+        return seed;
+    };
+    seed.reserved = held.reserved;
+    seed.alarm_at = held.alarm_at;
+    seed.holds = held.holds.iter().copied().collect();
+    let ledger = shared.ledger.read();
+    for (id, _) in held.holds.iter() {
+        let r = ledger
+            .reservation(id)
+            .unwrap_or_else(|| panic!("{sku}: held reservation {id} is not in the ledger"));
+        if crate::ledger::home_of(r.items()) != sku {
+            continue;
+        }
+        assert_eq!(
+            r.status,
+            crate::domain::ReservationStatus::Active,
+            "{sku}: reservation {id} homed here ended while the product was passive"
+        );
+        seed.homes
+            .insert(*id, product::Home::active(r, shared.clock.as_ref()));
+    }
+    seed
 }
 
 /// The mailbox of `sku`'s actor (reviving a passive one); None if there is no such product.

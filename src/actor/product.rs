@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::messages::*;
-use super::registry::Passive;
+use super::registry::{Held, Passive};
 use super::{Shared, SYSTEM_ACTOR};
 use crate::domain::limits::ON_HAND_MAX;
 use crate::domain::reservation::{
@@ -36,6 +36,20 @@ pub struct Home {
     pub busy: bool,
 }
 
+impl Home {
+    /// An active reservation as the ledger has it, its deadline on the monotonic clock.
+    pub fn active(r: &crate::ledger::Reservation, clock: &dyn crate::clock::Clock) -> Home {
+        let remaining_ms = (r.expires_at_ms - clock.now_ms()).max(0) as u64;
+        Home {
+            items: r.items().to_vec(),
+            status: ReservationStatus::Active,
+            deadline: clock.now() + Duration::from_millis(remaining_ms),
+            end_lsn: 0,
+            busy: false,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Tentative {
     quantity: u64,
@@ -53,6 +67,8 @@ pub struct Seed {
     pub version: u64,
     pub holds: HashMap<Uuid, u64>,
     pub homes: HashMap<Uuid, Home>,
+    /// The alarm a passive incarnation had set (so it is not set twice).
+    pub alarm_at: Option<Instant>,
 }
 
 pub struct ProductActor {
@@ -72,6 +88,7 @@ pub struct ProductActor {
     /// Reservations homed here that ended, by the LSN that ended them: once that is durable
     /// the ledger answers for them, and they are dropped here (bounded memory).
     ended: VecDeque<(Lsn, Uuid)>,
+    alarm_at: Option<Instant>,
     incarnation: u64,
     shared: Arc<Shared>,
 }
@@ -109,6 +126,7 @@ pub fn spawn(sku: Sku, seed: Seed, shared: Arc<Shared>, incarnation: u64) -> mps
         deferred: VecDeque::new(),
         last_lsn: 0,
         ended: VecDeque::new(),
+        alarm_at: seed.alarm_at,
         incarnation,
         shared,
     };
@@ -129,7 +147,7 @@ impl ProductActor {
             let idle_at = self
                 .shared
                 .passivate_after
-                .filter(|_| self.holds_nothing())
+                .filter(|_| self.at_rest())
                 .map(|after| last_activity + after);
             let next = match (deadline, idle_at) {
                 (Some(d), Some(i)) => Some(d.min(i)),
@@ -162,33 +180,57 @@ impl ProductActor {
         }
     }
 
-    /// Nothing held, promised, parked or being re-acquired: cheap test, run every loop.
-    fn holds_nothing(&self) -> bool {
-        self.holds.is_empty() && self.tentatives.is_empty() && self.deferred.is_empty()
+    /// Nothing promised to a multi-item operation and nothing parked: cheap test, run every
+    /// loop. Holds do not count: a product with holds may passivate too.
+    fn at_rest(&self) -> bool {
+        self.tentatives.is_empty() && self.deferred.is_empty()
     }
 
-    /// Hands this product's state to the registry and stops, if nothing here still matters:
-    /// no holds (so no active reservation homed here), no tentative or parked requests, no
-    /// re-acquire under way, and every end this actor decided is durable (the ledger answers
-    /// for it from now on). Messages that raced in are forwarded to the next incarnation.
+    /// Hands this product's state to the registry and stops, if nothing here is under way: no
+    /// tentative or parked requests, no re-acquire, and every change this actor made is
+    /// durable, so the ledger agrees with it and a revival can read what it needs from there.
+    /// Active reservations homed here get an alarm at the earliest expiry. Messages that raced
+    /// in are forwarded to the next incarnation.
     fn try_passivate(&mut self, rx: &mut mpsc::Receiver<Msg>) -> bool {
         let durable = self.shared.log.durability().durable_lsn();
         let settled = self.last_lsn <= durable
-            && self
-                .homes
-                .values()
-                .all(|h| h.status != ReservationStatus::Active && !h.busy && h.end_lsn <= durable);
-        if !self.holds_nothing() || !settled || !rx.is_empty() {
+            && self.homes.values().all(|h| {
+                !h.busy && (h.status == ReservationStatus::Active || h.end_lsn <= durable)
+            });
+        if !self.at_rest() || !settled || !rx.is_empty() {
             return false;
         }
         let passivated = if self.exists {
+            let alarm_at = self
+                .homes
+                .values()
+                .filter(|h| h.status == ReservationStatus::Active)
+                .map(|h| h.deadline)
+                .min();
+            let held = (!self.holds.is_empty()).then(|| {
+                Box::new(Held {
+                    reserved: self.reserved,
+                    holds: self.holds.iter().map(|(id, q)| (*id, *q)).collect(),
+                    alarm_at,
+                })
+            });
             let state = Passive {
                 on_hand: self.on_hand,
                 version: self.version,
+                held,
             };
-            self.shared
-                .registry
-                .passivate(self.sku.as_str(), self.incarnation, state)
+            let passivated =
+                self.shared
+                    .registry
+                    .passivate(self.sku.as_str(), self.incarnation, state);
+            if let (true, Some(at)) = (passivated, alarm_at) {
+                // An alarm for this time is pending already unless it has fired (and revived
+                // us) or is about to: then set it again.
+                if self.alarm_at != Some(at) || at <= self.shared.clock.now() {
+                    self.shared.alarms.set(at, self.sku.clone());
+                }
+            }
+            passivated
         } else {
             self.shared
                 .registry

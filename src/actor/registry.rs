@@ -1,24 +1,41 @@
 //! SKU → product actor. The only global map besides the log (see DESIGN: partitioning by SKU
 //! later means one registry per node).
 //!
-//! An idle actor with nothing held may *passivate*: its slot then keeps only its counts (a few
-//! bytes instead of a task, a mailbox and its maps), and the next lookup revives it, as
-//! virtual-actor systems do. Each incarnation of an actor has a number, so a passivating actor
-//! only ever replaces its own slot.
+//! An idle actor may *passivate*: its slot then keeps only its counts and the ids of the holds
+//! on it (a few bytes instead of a task, a mailbox and its maps), and the next lookup revives
+//! it, as virtual-actor systems do. A passive product that is home to active reservations has
+//! an alarm at its earliest expiry (see [`super::alarms`]) that revives it to expire them.
+//! Each incarnation of an actor has a number, so a passivating actor only ever replaces its
+//! own slot.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use dashmap::DashMap;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
+use uuid::Uuid;
 
 use super::Msg;
 use crate::domain::Sku;
 
-/// What a passivated product keeps: it holds nothing, so `reserved` is 0.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What a passivated product keeps. Everything in it is durable (an actor passivates only
+/// once its last change is), so reviving it may read the rest from the ledger.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Passive {
     pub on_hand: u64,
     pub version: u64,
+    /// Boxed: most products hold nothing, and their slots stay small.
+    pub held: Option<Box<Held>>,
+}
+
+/// The holds on a passive product.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Held {
+    pub reserved: u64,
+    /// (reservation id, units held here) of every active reservation with an item here.
+    pub holds: Box<[(Uuid, u64)]>,
+    /// When the earliest reservation homed here expires: the alarm that will revive us.
+    pub alarm_at: Option<Instant>,
 }
 
 enum Slot {
@@ -60,7 +77,7 @@ impl Registry {
             Slot::Live { tx, .. } => Some(tx.clone()),
             Slot::Passive(passive) => {
                 let incarnation = self.next_incarnation();
-                let tx = spawn(key, Some(*passive), incarnation);
+                let tx = spawn(key, Some(passive.clone()), incarnation);
                 *slot.value_mut() = Slot::Live {
                     tx: tx.clone(),
                     incarnation,
@@ -112,6 +129,19 @@ impl Registry {
         let previous = self.slots.insert(sku, Slot::Passive(state));
         assert!(previous.is_none(), "a product is registered once at boot");
         self.passive.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Revives `sku` if it is passive with its alarm set for `at` (alarms that are out of date
+    /// are ignored: the product was revived since, and set a new one if it needs one).
+    pub fn wake(&self, sku: &str, at: Instant, spawn: Spawn<'_>) {
+        let due = self.slots.get(sku).is_some_and(|slot| {
+            matches!(slot.value(), Slot::Passive(Passive { held: Some(h), .. }) if h.alarm_at == Some(at))
+        });
+        if due {
+            // Revives under the entry's lock, re-checking nothing: a revival meanwhile is
+            // harmless (the live actor's own timer expires what is due).
+            let _ = self.get(sku, spawn);
+        }
     }
 
     /// Replaces the live slot of this incarnation with its passive state. False if the slot is

@@ -20,6 +20,7 @@ use uuid::Uuid;
 
 use crate::actor::messages::*;
 use crate::actor::product::{self, Home, Seed};
+use crate::actor::registry::{Held, Passive};
 use crate::actor::{Registry, Shared};
 use crate::clock::Clock;
 use crate::config::EngineConfig;
@@ -170,6 +171,7 @@ impl Engine {
             metrics: metrics.clone(),
             clock,
             registry: Registry::default(),
+            alarms: Arc::default(),
             ledger: ledger.clone(),
             mailbox_capacity: config.mailbox_capacity,
             deferred_capacity: config.deferred_capacity,
@@ -177,12 +179,25 @@ impl Engine {
                 .then(|| std::time::Duration::from_millis(config.passivate_after_ms)),
         });
         for (sku, seed) in seeds {
-            // A product holding nothing starts passive: a large catalog costs a few bytes per
-            // product after a restart, not an actor each. Holders start live (their timers run).
-            if seed.holds.is_empty() && seed.homes.is_empty() && passivation {
-                let state = crate::actor::registry::Passive {
+            // Every product starts passive: a large catalog, or many holds, cost a few bytes
+            // each after a restart, not an actor per product. Products that are home to
+            // active reservations get an alarm at their earliest expiry.
+            if passivation {
+                let alarm_at = seed.homes.values().map(|h| h.deadline).min();
+                let held = (!seed.holds.is_empty()).then(|| {
+                    Box::new(Held {
+                        reserved: seed.reserved,
+                        holds: seed.holds.into_iter().collect(),
+                        alarm_at,
+                    })
+                });
+                if let Some(at) = alarm_at {
+                    shared.alarms.set(at, sku.clone());
+                }
+                let state = Passive {
                     on_hand: seed.on_hand,
                     version: seed.version,
+                    held,
                 };
                 shared.registry.insert_passive(sku, state);
                 continue;
@@ -193,6 +208,10 @@ impl Engine {
                 product::spawn(key, seed, shared_for_actor, incarnation)
             });
         }
+        tokio::spawn(crate::actor::alarms::run(
+            shared.alarms.clone(),
+            Arc::downgrade(&shared),
+        ));
         let engine = Engine {
             inner: Arc::new(Inner {
                 shared,
@@ -253,6 +272,8 @@ impl Engine {
         let (live, passive) = self.inner.shared.registry.census();
         self.inner.metrics.live_actors.set(live as i64);
         self.inner.metrics.passive_products.set(passive as i64);
+        let alarms = self.inner.shared.alarms.len();
+        self.inner.metrics.expiry_alarms.set(alarms as i64);
         self.inner.metrics.active_reservations.set(active as i64);
         &self.inner.metrics
     }
@@ -1099,8 +1120,6 @@ fn seeds_from(ledger: &Ledger, clock: &dyn Clock) -> Vec<(Sku, Seed)> {
             )
         })
         .collect();
-    let now_ms = clock.now_ms();
-    let now = clock.now();
     // Ended reservations are not seeded: their home actor finds them in the ledger on demand.
     for (id, r) in ledger.reservations() {
         if r.status != ReservationStatus::Active {
@@ -1110,22 +1129,12 @@ fn seeds_from(ledger: &Ledger, clock: &dyn Clock) -> Vec<(Sku, Seed)> {
             let seed = seeds.get_mut(&item.sku).expect("reserved products exist");
             seed.holds.insert(*id, item.quantity);
         }
-        let remaining_ms = (r.expires_at_ms - now_ms).max(0) as u64;
         let home = home_of(r.items());
         seeds
             .get_mut(home)
             .expect("reserved products exist")
             .homes
-            .insert(
-                *id,
-                Home {
-                    items: r.items().to_vec(),
-                    status: r.status,
-                    deadline: now + std::time::Duration::from_millis(remaining_ms),
-                    end_lsn: 0,
-                    busy: false,
-                },
-            );
+            .insert(*id, Home::active(r, clock));
     }
     seeds.into_iter().collect()
 }

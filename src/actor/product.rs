@@ -10,6 +10,7 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use smallvec::SmallVec;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -27,7 +28,8 @@ use crate::wal::{AppendError, Event, Lsn, Record};
 /// A reservation whose status and timer this actor owns (its smallest SKU is ours).
 #[derive(Debug)]
 pub struct Home {
-    pub items: Vec<Item>,
+    /// Inline for one item (the common case): a live actor keeps one per active hold.
+    pub items: SmallVec<[Item; 1]>,
     pub status: ReservationStatus,
     pub deadline: Instant,
     /// LSN of the record that ended it, so repeats answer only once that is durable.
@@ -41,7 +43,7 @@ impl Home {
     pub fn active(r: &crate::ledger::Reservation, clock: &dyn crate::clock::Clock) -> Home {
         let remaining_ms = (r.expires_at_ms - clock.now_ms()).max(0) as u64;
         Home {
-            items: r.items().to_vec(),
+            items: r.items().iter().cloned().collect(),
             status: ReservationStatus::Active,
             deadline: clock.now() + Duration::from_millis(remaining_ms),
             end_lsn: 0,
@@ -286,7 +288,7 @@ impl ProductActor {
                 return None;
             }
             let home = Home {
-                items: r.items().to_vec(),
+                items: r.items().iter().cloned().collect(),
                 status: r.status,
                 deadline: self.shared.clock.now(),
                 end_lsn: 0,
@@ -626,7 +628,7 @@ impl ProductActor {
                     self.homes.insert(
                         id,
                         Home {
-                            items: m.items,
+                            items: SmallVec::from_vec(m.items),
                             status: ReservationStatus::Active,
                             deadline,
                             end_lsn: 0,

@@ -67,8 +67,19 @@ impl serde::Serialize for Sku {
 
 impl<'de> serde::Deserialize<'de> for Sku {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Sku, D::Error> {
-        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        Sku::parse(&text).map_err(serde::de::Error::custom)
+        // A visitor rather than `Cow<str>` (which serde always fills as an owned `String`):
+        // the text is copied once, into the shared string, not twice. Replay decodes many.
+        struct SkuVisitor;
+        impl serde::de::Visitor<'_> for SkuVisitor {
+            type Value = Sku;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a SKU")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Sku, E> {
+                Sku::parse(text).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(SkuVisitor)
     }
 }
 

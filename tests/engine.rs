@@ -130,3 +130,58 @@ fn every_acknowledged_reserve_is_already_in_the_segment_files() {
     assert_eq!(records, 201);
     assert!(fsyncs <= records);
 }
+
+/// A product with more than PASSIVE_HOLDS_MAX holds stays live (reviving it would rebuild them
+/// all under its registry lock); one with fewer passivates, holds and all.
+#[test]
+fn only_products_with_few_holds_passivate() {
+    use stockd::domain::limits::PASSIVE_HOLDS_MAX;
+    let dir = tempfile::tempdir().unwrap();
+    let config = EngineConfig {
+        data_dir: dir.path().join("data"),
+        passivate_after_ms: 50,
+        ..EngineConfig::default()
+    };
+    let clock = Arc::new(ShiftedClock {
+        offset_ms: AtomicI64::new(0),
+    });
+    let (rt, engine) = open(&config, clock);
+    let census = |engine: &Engine| {
+        let m = engine.metrics();
+        (m.live_actors.get(), m.passive_products.get())
+    };
+    rt.block_on(async {
+        for (sku, on_hand) in [("HOT", 10_000), ("COLD", 10)] {
+            let product = PutProduct {
+                on_hand: Some(on_hand),
+                ..PutProduct::default()
+            };
+            engine.put_product("t", sku, product, None).await.unwrap();
+        }
+        let mut hot = Vec::new();
+        for _ in 0..=PASSIVE_HOLDS_MAX {
+            hot.push(engine.reserve("t", reserve("HOT", 1, 600)).await.unwrap());
+        }
+        engine.reserve("t", reserve("COLD", 1, 600)).await.unwrap();
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while census(&engine).1 < 1 {
+            assert!(std::time::Instant::now() < until, "COLD never passivated");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        // Many idle periods later, HOT is still live.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        assert_eq!(census(&engine), (1, 1), "HOT stays live with its holds");
+        // One hold fewer: HOT passivates too, and its holds are all still there.
+        let first = hot.pop().unwrap();
+        let cancel = stockd::engine::requests::Cancel { reason: None };
+        engine.cancel("t", first.id, cancel).await.unwrap();
+        while census(&engine).1 < 2 {
+            assert!(std::time::Instant::now() < until, "HOT never passivated");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(census(&engine), (0, 2));
+    });
+    let p = engine.product("HOT").unwrap();
+    assert_eq!((p.on_hand, p.reserved), (10_000, PASSIVE_HOLDS_MAX as u64));
+    engine.check_invariants().unwrap();
+}

@@ -18,7 +18,7 @@ use uuid::Uuid;
 use super::messages::*;
 use super::registry::{Held, Passive};
 use super::{Shared, SYSTEM_ACTOR};
-use crate::domain::limits::ON_HAND_MAX;
+use crate::domain::limits::{ON_HAND_MAX, PASSIVE_HOLDS_MAX};
 use crate::domain::reservation::{
     decide_cancel, decide_complete, may_expire, CancelDecision, CompleteDecision,
 };
@@ -199,7 +199,8 @@ impl ProductActor {
             && self.homes.values().all(|h| {
                 !h.busy && (h.status == ReservationStatus::Active || h.end_lsn <= durable)
             });
-        if !self.at_rest() || !settled || !rx.is_empty() {
+        let few_holds = self.holds.len() <= PASSIVE_HOLDS_MAX;
+        if !self.at_rest() || !settled || !few_holds || !rx.is_empty() {
             return false;
         }
         let passivated = if self.exists {

@@ -27,5 +27,9 @@ pub const PRODUCTS_PAGE_LIMIT_DEFAULT: usize = 100;
 pub const HISTORY_PAGE_LIMIT_DEFAULT: usize = 50;
 /// A single encoded record never exceeds this (checked when writing and when reading).
 pub const RECORD_MAX_BYTES: usize = 1 << 20;
+/// A product passivates with at most this many holds. Reviving it rebuilds them while the
+/// registry entry of that SKU is locked, so the rebuild must stay short; a product with more
+/// holds is hot, and its actor (a few KB) is small next to its holds anyway.
+pub const PASSIVE_HOLDS_MAX: usize = 4096;
 /// Non-reservation operation ids are remembered at least this long for idempotency.
 pub const OPERATION_ID_RETENTION_MS: i64 = 24 * 3600 * 1000;

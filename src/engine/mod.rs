@@ -24,6 +24,7 @@ use crate::actor::registry::{Held, Passive};
 use crate::actor::{Registry, Shared};
 use crate::clock::Clock;
 use crate::config::EngineConfig;
+use crate::domain::limits::PASSIVE_HOLDS_MAX;
 use crate::domain::{Item, ReservationStatus, Sku, StockStatus};
 use crate::ledger::{
     home_of, Action, HistoryView, ItemReport, Ledger, ProductView, ReservationView, SaleView,
@@ -179,10 +180,11 @@ impl Engine {
                 .then(|| std::time::Duration::from_millis(config.passivate_after_ms)),
         });
         for (sku, seed) in seeds {
-            // Every product starts passive: a large catalog, or many holds, cost a few bytes
-            // each after a restart, not an actor per product. Products that are home to
-            // active reservations get an alarm at their earliest expiry.
-            if passivation {
+            // Every product starts passive (but hot ones, see PASSIVE_HOLDS_MAX): a large
+            // catalog, or many holds, cost a few bytes each after a restart, not an actor per
+            // product. Products that are home to active reservations get an alarm at their
+            // earliest expiry.
+            if passivation && seed.holds.len() <= PASSIVE_HOLDS_MAX {
                 let alarm_at = seed.homes.values().map(|h| h.deadline).min();
                 let held = (!seed.holds.is_empty()).then(|| {
                     Box::new(Held {

@@ -123,6 +123,8 @@ async fn products_with_holds_passivate_and_their_holds_expire_on_time() {
     s.product("H2", 10).await;
     let (_, both) = s.reserve(&[("H1", 2), ("H2", 3)], 600).await;
     let (_, short) = s.reserve(&[("H2", 1)], 2).await;
+    let (_, extended) = s.reserve(&[("H2", 1)], 2).await;
+    let extended_id = extended["id"].as_str().unwrap().to_string();
     let (_, two_items_short) = s.reserve(&[("H1", 1), ("H2", 2)], 3).await;
     let (_, kept) = s.reserve(&[("H1", 1)], 600).await;
 
@@ -134,8 +136,18 @@ async fn products_with_holds_passivate_and_their_holds_expire_on_time() {
     let (h1, h2) = (s.product_state("H1").await, s.product_state("H2").await);
     assert_eq!(
         (h1["reserved"].as_u64(), h2["reserved"].as_u64()),
-        (Some(4), Some(6))
+        (Some(4), Some(7))
     );
+    // Extending a hold on a passive product moves its alarm: the first deadline passes
+    // without effect, the new one expires it.
+    let (st, extended) = s
+        .post(
+            &format!("/v1/reservations/{extended_id}/extend"),
+            json!({"ttl_seconds": 5}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{extended}");
+    wait_all_passive(&s).await;
 
     // Holds homed at passive products expire on time: an alarm revives the product.
     let short = wait_expired(&s, short["id"].as_str().unwrap()).await;
@@ -145,6 +157,10 @@ async fn products_with_holds_passivate_and_their_holds_expire_on_time() {
     // The home (H1) expired it and released the hold at H2, which was passive too.
     assert_expiry_logged(&s, "H1", &two_items_short).await;
     assert_expiry_logged(&s, "H2", &two_items_short).await;
+    let (_, r) = s.get(&format!("/v1/reservations/{extended_id}")).await;
+    assert_eq!(r["status"], "active", "expired at its first deadline: {r}");
+    let extended = wait_expired(&s, &extended_id).await;
+    assert_expiry_logged(&s, "H2", &extended).await;
     let (h1, h2) = (s.product_state("H1").await, s.product_state("H2").await);
     assert_eq!(
         (h1["reserved"].as_u64(), h2["reserved"].as_u64()),

@@ -5,12 +5,15 @@
 # load benchmark: stockd's three workloads, and the flash workload against both peers with the
 # same connections for the same time. Prints one table.
 #
-#   benches/compare.sh                      # 64 connections, 10 s per run
-#   CONNECTIONS=256 SECONDS_PER_RUN=5 benches/compare.sh --workload flash
+#   benches/compare.sh                      # 64 connections, 10 s per run, 3 rounds
+#   CONNECTIONS=256 SECONDS_PER_RUN=5 ROUNDS=1 benches/compare.sh --workload flash
+#
+# Each round runs every system in turn; the table shows each one's median round and the range.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 connections="${CONNECTIONS:-64}"
 seconds="${SECONDS_PER_RUN:-10}"
+rounds="${ROUNDS:-3}"
 
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
@@ -44,4 +47,4 @@ runuser -u postgres -- "$pgbin/pg_ctl" -D "$work/pg" -l "$work/pglog/pg.log" -w 
   "-p $pg_port -c listen_addresses=127.0.0.1 -k $work/pgsock -c synchronous_commit=on -c fsync=on -c max_connections=600 -c shared_buffers=256MB" >/dev/null
 
 cargo bench --bench http_load -- --connections "$connections" --seconds "$seconds" \
-  --redis-port "$redis_port" --pg-port "$pg_port" "$@"
+  --rounds "$rounds" --redis-port "$redis_port" --pg-port "$pg_port" "$@"

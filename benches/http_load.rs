@@ -9,7 +9,10 @@
 //! (SELECT ... FOR UPDATE + UPDATE + INSERT, synchronous_commit on), same connections, same time.
 //!
 //!   cargo bench --bench http_load -- [--workload flash|checkout|sellout|all] [--connections 64]
-//!                                    [--seconds 10] [--redis-port P] [--pg-port P]
+//!                                    [--seconds 10] [--rounds 1] [--redis-port P] [--pg-port P]
+//!
+//! With `--rounds N` every system runs N times, taking turns, and each reports its median round
+//! and the range (this shared machine varies by about ±8% from run to run).
 //!
 //! `benches/compare.sh` installs and starts Redis and PostgreSQL, then runs this.
 
@@ -33,6 +36,8 @@ const STOCKD: &str = env!("CARGO_BIN_EXE_stockd");
 /// Hard cap on a run, whatever is asked: load tests stop by themselves.
 const MAX_SECONDS: u64 = 120;
 const MAX_CONNECTIONS: usize = 4096;
+/// Rounds per workload (each runs every system once).
+const MAX_ROUNDS: usize = 9;
 
 struct Args {
     workloads: Vec<String>,
@@ -40,6 +45,7 @@ struct Args {
     seconds: u64,
     redis_port: Option<u16>,
     pg_port: Option<u16>,
+    rounds: usize,
 }
 
 fn args() -> Args {
@@ -49,6 +55,7 @@ fn args() -> Args {
         seconds: 10,
         redis_port: None,
         pg_port: None,
+        rounds: 1,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -66,11 +73,13 @@ fn args() -> Args {
             "--seconds" => a.seconds = value().parse().expect("--seconds N"),
             "--redis-port" => a.redis_port = Some(value().parse().expect("--redis-port P")),
             "--pg-port" => a.pg_port = Some(value().parse().expect("--pg-port P")),
+            "--rounds" => a.rounds = value().parse().expect("--rounds N"),
             _ => {} // cargo passes --bench; ignore what is not ours
         }
     }
     a.connections = a.connections.clamp(1, MAX_CONNECTIONS);
     a.seconds = a.seconds.clamp(1, MAX_SECONDS);
+    a.rounds = a.rounds.clamp(1, MAX_ROUNDS);
     a
 }
 
@@ -84,6 +93,8 @@ struct Outcome {
     latency_us: Histogram<u64>,
     records_per_fsync: Option<f64>,
     note: String,
+    /// With several rounds: (rounds, lowest, highest ops/s); this outcome is the median one.
+    spread: Option<(usize, f64, f64)>,
 }
 
 impl Outcome {
@@ -93,6 +104,19 @@ impl Outcome {
     fn q(&self, quantile: f64) -> f64 {
         self.latency_us.value_at_quantile(quantile) as f64 / 1000.0
     }
+}
+
+/// The run with the median throughput among one system's rounds, with their range.
+fn median_round(mut rounds: Vec<Outcome>) -> Option<Outcome> {
+    rounds.sort_by(|x, y| x.ops_per_second().total_cmp(&y.ops_per_second()));
+    let n = rounds.len();
+    let low = rounds.first()?.ops_per_second();
+    let high = rounds.last()?.ops_per_second();
+    let mut median = rounds.swap_remove(n / 2);
+    if n > 1 {
+        median.spread = Some((n, low, high));
+    }
+    Some(median)
 }
 
 /// (succeeded, refused) for one operation.
@@ -325,6 +349,7 @@ async fn stockd_flash(connections: usize, seconds: u64) -> Outcome {
         latency_us: hist,
         records_per_fsync: Some((after.0 - before.0) / (after.1 - before.1).max(1.0)),
         note: String::new(),
+        spread: None,
     }
 }
 
@@ -378,6 +403,7 @@ async fn stockd_checkout(connections: usize, seconds: u64) -> Outcome {
         latency_us: hist,
         records_per_fsync: Some((after.0 - before.0) / (after.1 - before.1).max(1.0)),
         note: "ops = reserve+complete/cancel flows (2 requests each); latency per flow".into(),
+        spread: None,
     }
 }
 
@@ -452,6 +478,7 @@ async fn stockd_sellout(connections: usize) -> Outcome {
             sold_out_at.as_secs_f64() * 1000.0,
             elapsed.as_secs_f64() * 1000.0
         ),
+        spread: None,
     }
 }
 
@@ -527,6 +554,7 @@ async fn redis_flash(port: u16, connections: usize, seconds: u64) -> Outcome {
         records_per_fsync: None,
         note: "appendonly yes, appendfsync always; Lua check + HINCRBY + HSET hold + PEXPIRE"
             .into(),
+        spread: None,
     }
 }
 
@@ -605,6 +633,7 @@ async fn pg_flash(port: u16, connections: usize, seconds: u64) -> Outcome {
         latency_us: hist,
         records_per_fsync: None,
         note: "synchronous_commit on, fsync on; SELECT FOR UPDATE + UPDATE + INSERT hold".into(),
+        spread: None,
     }
 }
 
@@ -617,26 +646,36 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let mut outcomes = Vec::new();
+    // Every round runs every system in turn, so that a slow spell of the shared machine
+    // hits them alike; each system's median round is reported, with the range.
+    let mut runs: Vec<Vec<Outcome>> = Vec::new();
     runtime.block_on(async {
         for w in &a.workloads {
-            let outcome = match w.as_str() {
-                "flash" => stockd_flash(a.connections, a.seconds).await,
-                "checkout" => stockd_checkout(a.connections, a.seconds).await,
-                "sellout" => stockd_sellout(a.connections).await,
-                other => panic!("unknown workload {other}: flash, checkout, sellout or all"),
-            };
-            outcomes.push(outcome);
-            if w == "flash" {
-                if let Some(port) = a.redis_port {
-                    outcomes.push(redis_flash(port, a.connections, a.seconds).await);
+            let mut by_system: Vec<Vec<Outcome>> = Vec::new();
+            for _ in 0..a.rounds {
+                let mut round = vec![match w.as_str() {
+                    "flash" => stockd_flash(a.connections, a.seconds).await,
+                    "checkout" => stockd_checkout(a.connections, a.seconds).await,
+                    "sellout" => stockd_sellout(a.connections).await,
+                    other => panic!("unknown workload {other}: flash, checkout, sellout or all"),
+                }];
+                if w == "flash" {
+                    if let Some(port) = a.redis_port {
+                        round.push(redis_flash(port, a.connections, a.seconds).await);
+                    }
+                    if let Some(port) = a.pg_port {
+                        round.push(pg_flash(port, a.connections, a.seconds).await);
+                    }
                 }
-                if let Some(port) = a.pg_port {
-                    outcomes.push(pg_flash(port, a.connections, a.seconds).await);
+                by_system.resize_with(round.len(), Vec::new);
+                for (i, outcome) in round.into_iter().enumerate() {
+                    by_system[i].push(outcome);
                 }
             }
+            runs.extend(by_system);
         }
     });
+    let outcomes: Vec<Outcome> = runs.into_iter().filter_map(median_round).collect();
     let flash = outcomes
         .iter()
         .find(|o| o.system == "stockd" && o.workload == "flash")
@@ -647,15 +686,18 @@ fn main() {
         a.seconds,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    println!("| workload | system | ops/s | p50 ms | p99 ms | p99.9 ms | records/fsync | stockd ÷ system | refused |");
-    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| workload | system | ops/s | p50 ms | p99 ms | p99.9 ms | records/fsync | stockd ÷ system | refused | rounds: ops/s range |");
+    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for o in &outcomes {
         let ratio = match (o.workload.as_str(), flash) {
             ("flash", Some(f)) => format!("{:.2}×", f / o.ops_per_second()),
             _ => "".into(),
         };
+        let spread = o.spread.map_or(String::new(), |(n, low, high)| {
+            format!("{n}: {low:.0}–{high:.0}")
+        });
         println!(
-            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {} |",
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} |",
             o.workload,
             o.system,
             o.ops_per_second(),
@@ -665,7 +707,8 @@ fn main() {
             o.records_per_fsync
                 .map_or(String::new(), |r| format!("{r:.1}")),
             ratio,
-            o.refused
+            o.refused,
+            spread
         );
     }
     for o in outcomes.iter().filter(|o| !o.note.is_empty()) {

@@ -131,7 +131,7 @@ pub async fn serve(config: ServerConfig) -> Result<(), ServeError> {
         return Err(ServeError::Fatal(message));
     }
     engine
-        .flush()
+        .close()
         .await
         .map_err(|_| ServeError::Fatal("the log could not be flushed at shutdown".into()))?;
     tracing::info!("log flushed; bye");

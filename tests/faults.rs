@@ -60,16 +60,16 @@ impl Gate {
 }
 
 impl SegmentFile for FaultyFile {
-    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
         if self.fail_write.load(Ordering::SeqCst) {
             // Half the batch reaches the file, then the disk is full.
-            self.inner.write_all(&buf[..buf.len() / 2])?;
+            self.inner.write_all_at(&buf[..buf.len() / 2], offset)?;
             return Err(io::Error::new(
                 io::ErrorKind::StorageFull,
                 "No space left on device (injected)",
             ));
         }
-        self.inner.write_all(buf)
+        self.inner.write_all_at(buf, offset)
     }
 
     fn sync_data(&mut self) -> io::Result<()> {
@@ -92,8 +92,8 @@ impl Storage for Faulty {
         self.wrap(Disk.create(path)?)
     }
 
-    fn open_append(&self, path: &Path) -> io::Result<Box<dyn SegmentFile>> {
-        self.wrap(Disk.open_append(path)?)
+    fn open_write(&self, path: &Path) -> io::Result<Box<dyn SegmentFile>> {
+        self.wrap(Disk.open_write(path)?)
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {

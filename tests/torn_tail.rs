@@ -216,3 +216,41 @@ fn dump_writes_the_audit_trail_as_json_lines() {
     let filtered = run_cli(&["dump", "--sku", "OTHER"], &data);
     assert!(filtered.status.success() && filtered.stdout.is_empty());
 }
+
+/// The writer keeps zeros written ahead of its records (so an fdatasync has no file-size
+/// change to flush); a kill -9 leaves them, and the restart cuts them without calling it
+/// damage; a clean stop leaves none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zeros_written_ahead_are_cut_after_a_crash_and_left_by_no_clean_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut s = start(&data);
+    s.product("T", 0).await;
+    for q in 1..=3u64 {
+        s.post("/v1/products/T/restock", serde_json::json!({"quantity": q}))
+            .await;
+    }
+    let segment = segments(&data).pop().unwrap();
+    let bytes = std::fs::read(&segment).unwrap();
+    let mut end = HEADER_BYTES;
+    while let Frame::Valid { next, .. } = read_frame(&bytes, end) {
+        end = next;
+    }
+    assert!(bytes.len() > end, "no zeros written ahead of the records");
+    assert!(bytes[end..].iter().all(|b| *b == 0));
+
+    s.kill9();
+    let mut s = start(&data);
+    assert_eq!(s.product_state("T").await["on_hand"], on_hand_after(3));
+    assert_eq!(std::fs::metadata(&segment).unwrap().len() as usize, end);
+    assert!(
+        !s.stderr().contains("WARN"),
+        "zeros after the last record are not damage: {}",
+        s.stderr()
+    );
+    s.post("/v1/products/T/restock", serde_json::json!({"quantity": 4}))
+        .await;
+    assert!(s.terminate().success());
+    let bytes = std::fs::read(&segment).unwrap();
+    frame_offsets(&bytes); // a cleanly stopped segment is all frames
+}

@@ -131,7 +131,17 @@ impl Engine {
         let outcome = replay::replay(&config.data_dir, Mode::Repair, |record, _| {
             ledger.apply(record)
         })?;
-        if let Some(torn) = &outcome.torn_tail {
+        if let Some(torn) = outcome
+            .torn_tail
+            .as_ref()
+            .filter(|t| t.reason == replay::ZEROS)
+        {
+            tracing::info!(
+                "cut {} bytes of zeros after the last record of {}",
+                torn.dropped_bytes,
+                torn.path.display()
+            );
+        } else if let Some(torn) = &outcome.torn_tail {
             tracing::warn!(
                 "log tail was torn ({}): cut {} bytes at offset {} of {}",
                 torn.reason,
@@ -254,12 +264,13 @@ impl Engine {
         })
     }
 
-    /// Waits until everything handed to the log is durable (graceful shutdown).
-    pub async fn flush(&self) -> Result<(), EngineError> {
+    /// Graceful shutdown: nothing more is logged; everything logged is durable, and the last
+    /// segment ends at its last record.
+    pub async fn close(&self) -> Result<(), EngineError> {
         self.inner
             .shared
             .log
-            .flush()
+            .close()
             .await
             .map_err(|_| EngineError::Unavailable)
     }

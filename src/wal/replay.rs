@@ -3,7 +3,8 @@
 //! Recovery policy (raft-engine's "tolerate tail corruption"): only the end of the LAST segment
 //! may be damaged, because only the last, not-yet-synced batch can be torn by a crash. There a
 //! cut-short frame, zeros, or garbage with no valid frame after it is a torn tail: it is cut off
-//! (in repair mode) and reported. Anything else (a bad frame followed by valid ones, damage in an
+//! (in repair mode) and reported. Zeros are also what the writer leaves on purpose: it writes
+//! zeros ahead of its records (see the writer), so a crash usually leaves some. Anything else (a bad frame followed by valid ones, damage in an
 //! earlier segment, a bad header) is corruption: refuse, naming file and byte offset.
 
 use std::fs::OpenOptions;
@@ -111,7 +112,7 @@ pub fn replay(
                     offset = next;
                 }
                 Frame::End => break None,
-                Frame::ZeroTail => break Some((offset, "zeros".into())),
+                Frame::ZeroTail => break Some((offset, ZEROS.into())),
                 Frame::Incomplete => break Some((offset, "incomplete frame".into())),
                 Frame::Bad { reason, .. } => break Some((offset, reason)),
             }
@@ -149,10 +150,21 @@ pub fn replay(
     Ok(outcome)
 }
 
+/// The reason given for a tail of zeros: the writer writes zeros ahead of its records, so
+/// after a crash these are usually that space, not damage.
+pub const ZEROS: &str =
+    "zeros after the last record (space written ahead, or a write that never landed)";
+
 /// A torn write leaves no valid frame behind it; a flipped byte in the middle does.
 fn find_valid_frame_after(bytes: &[u8], bad_at: usize) -> Option<usize> {
-    (bad_at + 1..bytes.len()).find(|&at| match read_frame(bytes, at) {
-        Frame::Valid { payload, .. } => decode_payload(payload).is_ok(),
-        _ => false,
-    })
+    for at in bad_at + 1..bytes.len() {
+        match read_frame(bytes, at) {
+            Frame::Valid { payload, .. } if decode_payload(payload).is_ok() => return Some(at),
+            // Nothing but zeros from here on (and checking that again at every later offset
+            // would be quadratic in the megabyte of zeros the writer keeps ahead).
+            Frame::ZeroTail | Frame::End => return None,
+            _ => {}
+        }
+    }
+    None
 }

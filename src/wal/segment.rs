@@ -70,7 +70,7 @@ pub fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>, WalError> {
 }
 
 /// Creates a new segment with its header, syncs it and the directory (so the new name
-/// itself survives a crash), and returns it open for appending.
+/// itself survives a crash), and returns it open for writing.
 pub fn create(
     storage: &dyn Storage,
     dir: &Path,
@@ -80,7 +80,7 @@ pub fn create(
     let mut file = storage
         .create(&path)
         .map_err(|e| WalError::io("cannot create log segment", &path, e))?;
-    file.write_all(&header())
+    file.write_all_at(&header(), 0)
         .map_err(|e| WalError::io("cannot write log segment header", &path, e))?;
     file.sync_data()
         .map_err(|e| WalError::io("cannot fsync log segment", &path, e))?;

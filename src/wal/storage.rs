@@ -2,12 +2,14 @@
 //! `fdatasync` fail exactly where they want (the real thing is [`Disk`]).
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-/// An open segment, appended to by the writer.
+/// An open segment. The writer writes at explicit offsets (not in append mode): it writes
+/// zeros ahead of the records and then the records over them.
 pub trait SegmentFile: Send {
-    fn write_all(&mut self, buf: &[u8]) -> io::Result<()>;
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()>;
     /// `fdatasync`: data and the metadata needed to read it back (the file size).
     fn sync_data(&mut self) -> io::Result<()>;
     /// Cuts the file back to `len` bytes (after a failed write).
@@ -17,8 +19,8 @@ pub trait SegmentFile: Send {
 pub trait Storage: Send + Sync + 'static {
     /// Creates a new, empty segment; fails if it exists.
     fn create(&self, path: &Path) -> io::Result<Box<dyn SegmentFile>>;
-    /// Opens an existing segment for appending.
-    fn open_append(&self, path: &Path) -> io::Result<Box<dyn SegmentFile>>;
+    /// Opens an existing segment for writing.
+    fn open_write(&self, path: &Path) -> io::Result<Box<dyn SegmentFile>>;
     /// fsyncs a directory, so that a new file's name survives a crash.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
 }
@@ -27,8 +29,8 @@ pub trait Storage: Send + Sync + 'static {
 pub struct Disk;
 
 impl SegmentFile for File {
-    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        Write::write_all(self, buf)
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+        FileExt::write_all_at(self, buf, offset)
     }
 
     fn sync_data(&mut self) -> io::Result<()> {
@@ -42,15 +44,12 @@ impl SegmentFile for File {
 
 impl Storage for Disk {
     fn create(&self, path: &Path) -> io::Result<Box<dyn SegmentFile>> {
-        let file = OpenOptions::new()
-            .create_new(true)
-            .append(true)
-            .open(path)?;
+        let file = OpenOptions::new().create_new(true).write(true).open(path)?;
         Ok(Box::new(file))
     }
 
-    fn open_append(&self, path: &Path) -> io::Result<Box<dyn SegmentFile>> {
-        Ok(Box::new(OpenOptions::new().append(true).open(path)?))
+    fn open_write(&self, path: &Path) -> io::Result<Box<dyn SegmentFile>> {
+        Ok(Box::new(OpenOptions::new().write(true).open(path)?))
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {

@@ -24,6 +24,9 @@ use super::WalError;
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 
+/// Zeros written ahead of the last record at a time (see `Writer::write_zeros_ahead`).
+const ZERO_AHEAD_BYTES: u64 = 1024 * 1024;
+
 /// Log sequence number: the order in which records were handed to the writer (in memory only).
 pub type Lsn = u64;
 
@@ -52,6 +55,16 @@ struct Pending {
     lsn: Lsn,
     frame: Vec<u8>,
     record: Record,
+}
+
+/// What the writer's queue carries. (Not boxing the large variant is deliberate: a record is
+/// queued per request, a close once per process.)
+#[allow(clippy::large_enum_variant)]
+enum Queued {
+    Record(Pending),
+    /// Shutdown, after the last record: end the segment at that record (cut the zeros written
+    /// ahead), then say so and stop.
+    Close(oneshot::Sender<()>),
 }
 
 /// Durability watermark shared by the writer (publisher) and every waiting reply.
@@ -157,9 +170,10 @@ pub struct Log {
 }
 
 struct LogShared {
-    tx: Sender<Pending>,
+    tx: Sender<Queued>,
     /// Held while a number is taken and the record enqueued, so LSN order is channel order.
-    next_lsn: Mutex<Lsn>,
+    /// True once closed: nothing more is appended.
+    next_lsn: Mutex<(Lsn, bool)>,
     durability: Durability,
 }
 
@@ -179,8 +193,8 @@ impl Log {
             Some((index, path, len)) => {
                 let file = config
                     .storage
-                    .open_append(&path)
-                    .map_err(|e| WalError::io("cannot open log segment for appending", &path, e))?;
+                    .open_write(&path)
+                    .map_err(|e| WalError::io("cannot open log segment for writing", &path, e))?;
                 (index, path, file, len)
             }
             None => {
@@ -196,6 +210,8 @@ impl Log {
             path,
             file,
             len,
+            zeroed_until: len,
+            zero_ahead: true,
             ledger,
             durability: durability.clone(),
             metrics,
@@ -207,7 +223,7 @@ impl Log {
         Ok(Log {
             shared: Arc::new(LogShared {
                 tx,
-                next_lsn: Mutex::new(0),
+                next_lsn: Mutex::new((0, false)),
                 durability,
             }),
         })
@@ -224,10 +240,17 @@ impl Log {
             panic!("record failed to encode: {e}");
         }
         let mut next = self.shared.next_lsn.lock();
-        let lsn = *next + 1;
-        match self.shared.tx.try_send(Pending { lsn, frame, record }) {
+        if next.1 {
+            return Err(AppendError::Unavailable);
+        }
+        let lsn = next.0 + 1;
+        match self
+            .shared
+            .tx
+            .try_send(Queued::Record(Pending { lsn, frame, record }))
+        {
             Ok(()) => {
-                *next = lsn;
+                next.0 = lsn;
                 Ok(lsn)
             }
             Err(TrySendError::Full(_)) => Err(AppendError::Overloaded),
@@ -241,7 +264,24 @@ impl Log {
 
     /// The LSN of the last record handed to the writer.
     pub fn last_lsn(&self) -> Lsn {
-        *self.shared.next_lsn.lock()
+        self.shared.next_lsn.lock().0
+    }
+
+    /// Graceful shutdown: refuses further appends, waits for everything appended to be
+    /// durable, then has the writer end the segment at its last record and stop, so that a
+    /// cleanly stopped server leaves no zeros behind.
+    pub async fn close(&self) -> Result<(), AppendError> {
+        let last = {
+            let mut next = self.shared.next_lsn.lock();
+            next.1 = true;
+            next.0
+        };
+        self.shared.durability.wait(last).await?;
+        let (done, closed) = oneshot::channel();
+        if self.shared.tx.try_send(Queued::Close(done)).is_ok() {
+            let _ = closed.await;
+        }
+        Ok(())
     }
 
     /// Waits until everything appended so far is durable (shutdown, startup).
@@ -256,26 +296,46 @@ struct Writer {
     index: u64,
     path: PathBuf,
     file: Box<dyn SegmentFile>,
+    /// Where the next record goes: the end of the last one.
     len: u64,
+    /// The file's size: zeros from `len` up to here, written ahead.
+    zeroed_until: u64,
+    /// Zeros are written ahead unless that failed in this segment.
+    zero_ahead: bool,
     ledger: Arc<RwLock<Ledger>>,
     durability: Durability,
     metrics: Arc<Metrics>,
 }
 
 impl Writer {
-    fn run(mut self, rx: Receiver<Pending>, on_fatal: FatalHook) {
+    fn run(mut self, rx: Receiver<Queued>, on_fatal: FatalHook) {
         let mut batch: Vec<Pending> = Vec::with_capacity(1024);
         let mut buf: Vec<u8> = Vec::with_capacity(self.config.batch_max_bytes);
-        // Ends when every Log handle is dropped and the queue is drained.
+        // Ends when closed, or when every Log handle is dropped and the queue is drained.
         while let Ok(first) = rx.recv() {
+            let first = match first {
+                Queued::Record(p) => p,
+                Queued::Close(done) => {
+                    self.end_segment();
+                    let _ = done.send(());
+                    return;
+                }
+            };
             buf.clear();
             buf.extend_from_slice(&first.frame);
             batch.push(first);
+            // (`close` queues its request once every record is durable, so it does not come
+            // in the middle of a batch; if it did, it would be served right after it.)
+            let mut close_after = None;
             while buf.len() < self.config.batch_max_bytes {
                 match rx.try_recv() {
-                    Ok(p) => {
+                    Ok(Queued::Record(p)) => {
                         buf.extend_from_slice(&p.frame);
                         batch.push(p);
+                    }
+                    Ok(Queued::Close(done)) => {
+                        close_after = Some(done);
+                        break;
                     }
                     Err(_) => break,
                 }
@@ -304,12 +364,34 @@ impl Writer {
                 }
             }
             self.durability.publish(last_lsn, records);
+            if let Some(done) = close_after {
+                self.end_segment();
+                let _ = done.send(());
+                return;
+            }
+        }
+        self.end_segment();
+    }
+
+    /// Cuts the zeros written ahead: the segment ends at its last record. Best effort (at
+    /// shutdown): replay cuts them too.
+    fn end_segment(&mut self) {
+        if self.zeroed_until > self.len {
+            let _ = self.file.set_len(self.len);
+            let _ = self.file.sync_data();
+            self.zeroed_until = self.len;
         }
     }
 
     fn write_batch(&mut self, buf: &[u8]) -> Result<(), WalError> {
         let header = segment::HEADER_BYTES as u64;
         if self.len > header && self.len + buf.len() as u64 > self.config.segment_size_bytes {
+            // A full segment ends at its last record: only the last segment may have zeros
+            // after it (replay treats anything else in an earlier segment as damage).
+            self.file
+                .set_len(self.len)
+                .and_then(|()| self.file.sync_data())
+                .map_err(|e| WalError::io("cannot close log segment", &self.path, e))?;
             let (file, path) = segment::create(
                 self.config.storage.as_ref(),
                 &self.config.dir,
@@ -319,17 +401,48 @@ impl Writer {
             self.file = file;
             self.path = path;
             self.len = header;
+            self.zeroed_until = header;
+            self.zero_ahead = true;
         }
-        if let Err(e) = self.file.write_all(buf) {
+        let end = self.len + buf.len() as u64;
+        if end > self.zeroed_until && self.zero_ahead {
+            self.write_zeros_ahead(end);
+        }
+        if let Err(e) = self.file.write_all_at(buf, self.len) {
             // Leave no half-written frame behind if we can; replay would cut it anyway.
             let _ = self.file.set_len(self.len);
             return Err(WalError::io("cannot write to log segment", &self.path, e));
         }
-        self.file
-            .sync_data()
-            .map_err(|e| WalError::io("cannot fdatasync log segment", &self.path, e))?;
-        self.len += buf.len() as u64;
+        if let Err(e) = self.file.sync_data() {
+            // The log stops here: leave no zeros after the batch, as if never written ahead.
+            let _ = self.file.set_len(end);
+            return Err(WalError::io("cannot fdatasync log segment", &self.path, e));
+        }
+        self.len = end;
+        self.zeroed_until = self.zeroed_until.max(end);
         Ok(())
+    }
+
+    /// Writes zeros from the end of the file to ZERO_AHEAD_BYTES past `end` (within the
+    /// segment), so that the batches written over them until then do not change the file's
+    /// size: their `fdatasync` then has no metadata to flush (93 µs instead of 140 µs per
+    /// fdatasync of a 1.5 KB write on this machine's disk). Only an optimisation: if it fails
+    /// (a disk about to fill), the zeros are cut back and this segment is simply appended to.
+    fn write_zeros_ahead(&mut self, end: u64) {
+        static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+        let target = (end + ZERO_AHEAD_BYTES).min(self.config.segment_size_bytes.max(end));
+        let mut at = self.zeroed_until;
+        while at < target {
+            let chunk = (target - at).min(ZEROS.len() as u64) as usize;
+            if self.file.write_all_at(&ZEROS[..chunk], at).is_err() {
+                let _ = self.file.set_len(self.len);
+                self.zeroed_until = self.len;
+                self.zero_ahead = false;
+                return;
+            }
+            at += chunk as u64;
+        }
+        self.zeroed_until = target;
     }
 }
 

@@ -51,6 +51,20 @@ where
     }
 }
 
+/// Waits (at most 60 s) until no actor is live, then 2 s more for the allocator to give freed
+/// pages back, so that the figure is the state's, not what a moment of passivation left.
+async fn settle(engine: &Engine) {
+    let until = Instant::now() + std::time::Duration::from_secs(60);
+    while engine.metrics().live_actors.get() > 0 && Instant::now() < until {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let live = engine.metrics().live_actors.get();
+    if live > 0 {
+        println!("note: {live} actors still live after 60 s");
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+}
+
 fn main() {
     let mut skus = 1_000_000usize;
     let mut args = std::env::args().skip(1);
@@ -91,8 +105,7 @@ fn main() {
         })
         .await;
         let live = rss_mib();
-        // Let the idle actors passivate.
-        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        settle(&engine).await;
         let catalog = rss_mib();
         println!("{skus} products: RSS {live:.0} MiB with every actor live, {catalog:.0} MiB once passive");
         println!(
@@ -126,8 +139,8 @@ fn main() {
         .await;
         let elapsed = started.elapsed();
         let live = rss_mib();
-        // Let the products passivate with their holds (each keeps an alarm at its expiry).
-        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        // The products passivate with their holds (each keeps an alarm at its expiry).
+        settle(&engine).await;
         let held = rss_mib();
         println!(
             "{skus} active holds added in {:.1} s: RSS {live:.0} MiB with every actor live, then {:.0} MiB once passive ({:.0} MiB more than the catalog; {:.0} bytes per hold)",

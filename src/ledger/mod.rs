@@ -7,6 +7,7 @@
 //! (invariant 7). The actors hold the live, possibly not-yet-durable counts that decisions
 //! are made against; the ledger is what may be shown.
 
+mod history;
 mod reservations;
 pub mod views;
 
@@ -135,7 +136,7 @@ struct Product {
     on_hand: u64,
     reserved: u64,
     updated_at_ms: i64,
-    history: Vec<HistoryEntry>,
+    history: history::History,
 }
 
 impl Product {
@@ -368,8 +369,7 @@ impl Ledger {
                         on_hand: 0,
                         reserved: 0,
                         updated_at_ms: at_ms,
-                        // Most products have few entries: no room for four up front.
-                        history: Vec::with_capacity(1),
+                        history: history::History::default(),
                     };
                     push(
                         &mut p,
@@ -751,7 +751,7 @@ impl Ledger {
         let mut out = Vec::with_capacity(limit.min(1024));
         let mut next = None;
         for index in (0..end).rev() {
-            let e = &p.history[index];
+            let e = p.history.get(index);
             if action.is_some_and(|a| a != e.action) {
                 continue;
             }
@@ -760,7 +760,10 @@ impl Ledger {
                 break;
             }
             let (on_hand_before, reserved_before) = match index.checked_sub(1) {
-                Some(previous) => (p.history[previous].on_hand, p.history[previous].reserved),
+                Some(previous) => {
+                    let previous = p.history.get(previous);
+                    (previous.on_hand, previous.reserved)
+                }
                 None => (0, 0),
             };
             out.push(HistoryView {
@@ -915,11 +918,6 @@ fn product_in<'a>(
 }
 
 fn push(p: &mut Product, at_ms: i64, action: Action, on_hand: u64, reserved: u64, tag: Tag) {
-    // Most products have a short history: grow one entry at a time while it is short, then
-    // double (amortised O(1)).
-    if p.history.len() == p.history.capacity() && p.history.len() < 8 {
-        p.history.reserve_exact(1);
-    }
     p.history.push(HistoryEntry {
         at_ms,
         on_hand,

@@ -49,16 +49,35 @@ fn open(config: &EngineConfig, clock: Arc<ShiftedClock>) -> (tokio::runtime::Run
     (rt, engine)
 }
 
-#[test]
-fn holds_past_their_time_on_the_injected_clock_are_released_at_start() {
+/// A fresh data directory, an engine config on it (idle actors passivate after
+/// `passivate_after_ms`; 0: never), and a clock at real time.
+fn setup(passivate_after_ms: u64) -> (tempfile::TempDir, EngineConfig, Arc<ShiftedClock>) {
     let dir = tempfile::tempdir().unwrap();
     let config = EngineConfig {
         data_dir: dir.path().join("data"),
+        passivate_after_ms,
         ..EngineConfig::default()
     };
     let clock = Arc::new(ShiftedClock {
         offset_ms: AtomicI64::new(0),
     });
+    (dir, config, clock)
+}
+
+#[test]
+fn holds_past_their_time_on_the_injected_clock_are_released_at_start() {
+    // Products start passive (holds and all).
+    holds_past_their_time_are_released_at_start(EngineConfig::default().passivate_after_ms);
+}
+
+#[test]
+fn holds_past_their_time_are_released_at_start_without_passivation() {
+    // Products with holds start live.
+    holds_past_their_time_are_released_at_start(0);
+}
+
+fn holds_past_their_time_are_released_at_start(passivate_after_ms: u64) {
+    let (_dir, config, clock) = setup(passivate_after_ms);
     let (rt, engine) = open(&config, clock.clone());
     let (hour, day) = rt.block_on(async {
         let product = PutProduct {
@@ -89,14 +108,7 @@ fn holds_past_their_time_on_the_injected_clock_are_released_at_start() {
 
 #[test]
 fn every_acknowledged_reserve_is_already_in_the_segment_files() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = EngineConfig {
-        data_dir: dir.path().join("data"),
-        ..EngineConfig::default()
-    };
-    let clock = Arc::new(ShiftedClock {
-        offset_ms: AtomicI64::new(0),
-    });
+    let (_dir, config, clock) = setup(EngineConfig::default().passivate_after_ms);
     let (rt, engine) = open(&config, clock);
     rt.block_on(async {
         let product = PutProduct {
@@ -136,15 +148,7 @@ fn every_acknowledged_reserve_is_already_in_the_segment_files() {
 #[test]
 fn only_products_with_few_holds_passivate() {
     use stockd::domain::limits::PASSIVE_HOLDS_MAX;
-    let dir = tempfile::tempdir().unwrap();
-    let config = EngineConfig {
-        data_dir: dir.path().join("data"),
-        passivate_after_ms: 50,
-        ..EngineConfig::default()
-    };
-    let clock = Arc::new(ShiftedClock {
-        offset_ms: AtomicI64::new(0),
-    });
+    let (_dir, config, clock) = setup(50);
     let (rt, engine) = open(&config, clock);
     let census = |engine: &Engine| {
         let m = engine.metrics();

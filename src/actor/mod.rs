@@ -58,17 +58,18 @@ fn spawn_for(
 ) -> impl Fn(Sku, Option<registry::Passive>, u64) -> mpsc::Sender<Msg> + '_ {
     move |sku, passive, incarnation| {
         let seed = match passive {
-            Some(p) => revival_seed(shared, &sku, p),
+            Some(p) => seed_from_passive(shared, &sku, p),
             None => product::Seed::default(),
         };
         product::spawn(sku, seed, shared.clone(), incarnation)
     }
 }
 
-/// The state to revive a passive product with: its counts and holds from the slot, and the
-/// reservations homed here from the ledger (which agrees with the actor that passivated:
-/// everything it did was durable, and only this product's actor ends its homes).
-fn revival_seed(shared: &Shared, sku: &Sku, passive: registry::Passive) -> product::Seed {
+/// The state to start a product's actor with, from its passive state (a revival, or the start
+/// of the server): counts and holds from there, and the reservations homed here from the
+/// ledger (which agrees: everything the actor that passivated did was durable, and only this
+/// product's actor ends its homes).
+pub fn seed_from_passive(shared: &Shared, sku: &Sku, passive: registry::Passive) -> product::Seed {
     let mut seed = product::Seed {
         exists: true,
         on_hand: passive.on_hand,

@@ -41,15 +41,20 @@ pub struct Home {
 impl Home {
     /// An active reservation as the ledger has it, its deadline on the monotonic clock.
     pub fn active(r: &crate::ledger::Reservation, clock: &dyn crate::clock::Clock) -> Home {
-        let remaining_ms = (r.expires_at_ms - clock.now_ms()).max(0) as u64;
         Home {
             items: r.items().iter().cloned().collect(),
             status: ReservationStatus::Active,
-            deadline: clock.now() + Duration::from_millis(remaining_ms),
+            deadline: deadline_at(r.expires_at_ms, clock),
             end_lsn: 0,
             busy: false,
         }
     }
+}
+
+/// A wall-clock expiry (ms since the epoch) as a monotonic deadline for the timers.
+pub fn deadline_at(expires_at_ms: i64, clock: &dyn crate::clock::Clock) -> Instant {
+    let remaining_ms = (expires_at_ms - clock.now_ms()).max(0) as u64;
+    clock.now() + Duration::from_millis(remaining_ms)
 }
 
 #[derive(Debug)]

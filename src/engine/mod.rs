@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::actor::messages::*;
-use crate::actor::product::{self, Home, Seed};
+use crate::actor::product;
 use crate::actor::registry::{Held, Passive};
 use crate::actor::{Registry, Shared};
 use crate::clock::Clock;
@@ -150,14 +150,7 @@ impl Engine {
                 torn.path.display()
             );
         }
-        let seeds = seeds_from(&ledger, clock.as_ref());
-        let overdue_homes: Vec<Sku> = ledger
-            .reservations()
-            .filter(|(_, r)| {
-                r.status == ReservationStatus::Active && r.expires_at_ms <= clock.now_ms()
-            })
-            .map(|(_, r)| home_of(r.items()).clone())
-            .collect();
+        let (states, overdue_homes) = start_states(&ledger, clock.as_ref());
         let products = ledger.product_count();
         let active_reservations = ledger.active_reservations();
         ledger.serve_answers();
@@ -189,34 +182,27 @@ impl Engine {
             passivate_after: (config.passivate_after_ms > 0)
                 .then(|| std::time::Duration::from_millis(config.passivate_after_ms)),
         });
-        for (sku, seed) in seeds {
+        for (sku, mut state) in states {
             // Every product starts passive (but hot ones, see PASSIVE_HOLDS_MAX): a large
             // catalog, or many holds, cost a few bytes each after a restart, not an actor per
             // product. Products that are home to active reservations get an alarm at their
             // earliest expiry.
-            if passivation && seed.holds.len() <= PASSIVE_HOLDS_MAX {
-                let alarm_at = seed.homes.values().map(|h| h.deadline).min();
-                let held = (!seed.holds.is_empty()).then(|| {
-                    Box::new(Held {
-                        reserved: seed.reserved,
-                        holds: seed.holds.into_iter().collect(),
-                        alarm_at,
-                    })
-                });
-                if let Some(at) = alarm_at {
+            let holds = state.held.as_ref().map_or(0, |h| h.holds.len());
+            if passivation && holds <= PASSIVE_HOLDS_MAX {
+                if let Some(at) = state.held.as_ref().and_then(|h| h.alarm_at) {
                     shared.alarms.set(at, sku.clone());
                 }
-                let state = Passive {
-                    on_hand: seed.on_hand,
-                    version: seed.version,
-                    held,
-                };
                 shared.registry.insert_passive(sku, state);
                 continue;
+            }
+            // Live from the start, with its own timer: no alarm is pending for it.
+            if let Some(held) = state.held.as_mut() {
+                held.alarm_at = None;
             }
             let shared_for_actor = shared.clone();
             let key = sku.clone();
             shared.registry.insert_live(sku, move |incarnation| {
+                let seed = crate::actor::seed_from_passive(&shared_for_actor, &key, state);
                 product::spawn(key, seed, shared_for_actor, incarnation)
             });
         }
@@ -1117,37 +1103,55 @@ impl Engine {
 }
 
 /// Actor start states from the replayed ledger.
-fn seeds_from(ledger: &Ledger, clock: &dyn Clock) -> Vec<(Sku, Seed)> {
-    let mut seeds: std::collections::HashMap<Sku, Seed> = ledger
-        .product_counts()
-        .map(|(sku, on_hand, reserved, version)| {
-            (
-                sku.clone(),
-                Seed {
-                    exists: true,
-                    on_hand,
-                    reserved,
-                    version,
-                    ..Seed::default()
-                },
-            )
-        })
-        .collect();
-    // Ended reservations are not seeded: their home actor finds them in the ledger on demand.
+/// Each product's state to start from, as a passive slot keeps it (counts, the holds on it,
+/// the earliest expiry of the reservations homed there), and the products home to
+/// reservations whose time passed while the server was down. One pass over the reservations;
+/// ended ones are not kept: their home actor finds them in the ledger on demand.
+fn start_states(ledger: &Ledger, clock: &dyn Clock) -> (Vec<(Sku, Passive)>, Vec<Sku>) {
+    let now_ms = clock.now_ms();
+    #[derive(Default)]
+    struct Holding {
+        /// (reservation id, units) of each hold on the product.
+        holds: Vec<(Uuid, u64)>,
+        /// The earliest expiry of the reservations homed there.
+        earliest_ms: Option<i64>,
+    }
+    let mut held: std::collections::HashMap<&Sku, Holding> = std::collections::HashMap::new();
+    let mut overdue_homes = Vec::new();
     for (id, r) in ledger.reservations() {
         if r.status != ReservationStatus::Active {
             continue;
         }
         for item in r.items() {
-            let seed = seeds.get_mut(&item.sku).expect("reserved products exist");
-            seed.holds.insert(*id, item.quantity);
+            held.entry(&item.sku)
+                .or_default()
+                .holds
+                .push((*id, item.quantity));
         }
         let home = home_of(r.items());
-        seeds
-            .get_mut(home)
-            .expect("reserved products exist")
-            .homes
-            .insert(*id, Home::active(r, clock));
+        let earliest = &mut held.entry(home).or_default().earliest_ms;
+        *earliest = Some(earliest.map_or(r.expires_at_ms, |e| e.min(r.expires_at_ms)));
+        if r.expires_at_ms <= now_ms {
+            overdue_homes.push(home.clone());
+        }
     }
-    seeds.into_iter().collect()
+    let states = ledger
+        .product_counts()
+        .map(|(sku, on_hand, reserved, version)| {
+            let held = held.remove(sku).map(|h| {
+                Box::new(Held {
+                    reserved,
+                    holds: h.holds.into_boxed_slice(),
+                    alarm_at: h.earliest_ms.map(|ms| product::deadline_at(ms, clock)),
+                })
+            });
+            let state = Passive {
+                on_hand,
+                version,
+                held,
+            };
+            (sku.clone(), state)
+        })
+        .collect();
+    (states, overdue_homes)
 }

@@ -14,7 +14,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use stockd::clock::SystemClock;
 use stockd::config::EngineConfig;
 use stockd::domain::{Item, Sku};
-use stockd::engine::requests::{Complete, ItemRequest, PutProduct, Reserve};
+use stockd::engine::requests::{Complete, PutProduct, Reserve};
 use stockd::engine::Engine;
 use stockd::ledger::Ledger;
 use stockd::wal::frame::{encode_record, read_frame, Frame};
@@ -31,15 +31,7 @@ const UNIFORM_SKUS: usize = 10_000;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn reserve(sku: String) -> Reserve {
-    Reserve {
-        id: None,
-        items: vec![ItemRequest { sku, quantity: 1 }],
-        ttl_seconds: Some(3600),
-        session_id: None,
-        user_id: None,
-        reference: None,
-        metadata: None,
-    }
+    Reserve::one(&sku, 1, 3600)
 }
 
 fn runtime() -> tokio::runtime::Runtime {

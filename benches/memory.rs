@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use stockd::clock::SystemClock;
 use stockd::config::EngineConfig;
-use stockd::engine::requests::{ItemRequest, PutProduct, Reserve};
+use stockd::engine::requests::{PutProduct, Reserve};
 use stockd::engine::Engine;
 
 #[global_allocator]
@@ -121,18 +121,7 @@ fn main() {
         fan_out(skus, move |i| {
             let e = e.clone();
             async move {
-                let reserve = Reserve {
-                    id: None,
-                    items: vec![ItemRequest {
-                        sku: format!("SKU-{i:07}"),
-                        quantity: 1,
-                    }],
-                    ttl_seconds: Some(3600),
-                    session_id: None,
-                    user_id: None,
-                    reference: None,
-                    metadata: None,
-                };
+                let reserve = Reserve::one(&format!("SKU-{i:07}"), 1, 3600);
                 e.reserve("bench", reserve).await.expect("reserve");
             }
         })

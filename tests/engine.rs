@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use stockd::clock::Clock;
 use stockd::config::EngineConfig;
-use stockd::engine::requests::{ItemRequest, PutProduct, Reserve};
+use stockd::engine::requests::{PutProduct, Reserve};
 use stockd::engine::Engine;
 use stockd::wal::replay::{replay, Mode};
 use stockd::wal::Event;
@@ -23,18 +23,7 @@ impl Clock for ShiftedClock {
 }
 
 fn reserve(sku: &str, quantity: u64, ttl_seconds: u64) -> Reserve {
-    Reserve {
-        id: None,
-        items: vec![ItemRequest {
-            sku: sku.into(),
-            quantity,
-        }],
-        ttl_seconds: Some(ttl_seconds),
-        session_id: None,
-        user_id: None,
-        reference: None,
-        metadata: None,
-    }
+    Reserve::one(sku, quantity, ttl_seconds)
 }
 
 fn open(config: &EngineConfig, clock: Arc<ShiftedClock>) -> (tokio::runtime::Runtime, Engine) {

@@ -113,18 +113,7 @@ impl Faulty {
 }
 
 fn reserve_one() -> Reserve {
-    Reserve {
-        id: None,
-        items: vec![ItemRequest {
-            sku: "F".into(),
-            quantity: 1,
-        }],
-        ttl_seconds: Some(3600),
-        session_id: None,
-        user_id: None,
-        reference: None,
-        metadata: None,
-    }
+    Reserve::one("F", 1, 3600)
 }
 
 /// Runs a batch of reserves through an engine whose file layer then fails as `arm` says.

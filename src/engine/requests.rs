@@ -169,6 +169,22 @@ pub struct Reserve {
 }
 
 impl Reserve {
+    /// A hold of `quantity` of one SKU for `ttl_seconds`, nothing else set (no operation id).
+    pub fn one(sku: &str, quantity: u64, ttl_seconds: u64) -> Reserve {
+        Reserve {
+            id: None,
+            items: vec![ItemRequest {
+                sku: sku.to_string(),
+                quantity,
+            }],
+            ttl_seconds: Some(ttl_seconds),
+            session_id: None,
+            user_id: None,
+            reference: None,
+            metadata: None,
+        }
+    }
+
     pub fn ttl_seconds(&self) -> u64 {
         self.ttl_seconds.unwrap_or(TTL_SECONDS_DEFAULT)
     }

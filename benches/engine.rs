@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use stockd::clock::SystemClock;
 use stockd::config::EngineConfig;
 use stockd::domain::{Item, Sku};
@@ -286,4 +286,10 @@ fn replay_speed(c: &mut Criterion) {
 }
 
 criterion_group!(benches, codec, replay_speed, durable_reserves);
-criterion_main!(benches);
+
+// criterion_main!, plus the server's page setting, so the figures are the server's.
+fn main() {
+    stockd::memory::prefer_small_pages();
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

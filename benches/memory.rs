@@ -66,6 +66,7 @@ async fn settle(engine: &Engine) {
 }
 
 fn main() {
+    stockd::memory::prefer_small_pages(); // as the server does
     let mut skus = 1_000_000usize;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {

@@ -8,6 +8,7 @@
 //! - [`engine`]: the operations (validation, idempotency, multi-item coordination, durability waits).
 //! - [`http`]: the axum front, a thin mapping onto the engine.
 //! - [`auth`]: bearer tokens and roles. [`metrics`]: Prometheus metrics.
+//! - [`memory`]: state that grows without pauses.
 //! - [`server`], [`cli`], [`config`], [`clock`]: process plumbing.
 
 pub mod actor;
@@ -19,6 +20,7 @@ pub mod domain;
 pub mod engine;
 pub mod http;
 pub mod ledger;
+pub mod memory;
 pub mod metrics;
 pub mod server;
 pub mod wal;

@@ -52,6 +52,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
+    stockd::memory::prefer_small_pages();
     match cli.command {
         None => serve(cli.serve),
         Some(Command::Serve(config)) => serve(config),

@@ -3,10 +3,11 @@
 //! Available here = on_hand - reserved - tentative. Tentative units are promised to a
 //! multi-item operation still being admitted at other actors; a request refused only because
 //! of them is parked until they settle (a refusal must not depend on something that may never
-//! become durable). Expiry: one deadline heap, one sleep armed for the earliest deadline.
+//! become durable). Expiry: the deadlines of active holds in one ordered set (a
+//! B-tree: it grows node by node, where a heap's vector moved everything as it doubled), one
+//! sleep armed for the earliest.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +24,7 @@ use crate::domain::reservation::{
     decide_cancel, decide_complete, may_expire, CancelDecision, CompleteDecision,
 };
 use crate::domain::{Item, ReleaseReason, ReservationStatus, Sku};
+use crate::memory::GrowingMap;
 use crate::wal::{AppendError, Event, Lsn, Record};
 
 /// A reservation whose status and timer this actor owns (its smallest SKU is ours).
@@ -72,8 +74,8 @@ pub struct Seed {
     pub on_hand: u64,
     pub reserved: u64,
     pub version: u64,
-    pub holds: HashMap<Uuid, u64>,
-    pub homes: HashMap<Uuid, Home>,
+    pub holds: GrowingMap<Uuid, u64>,
+    pub homes: GrowingMap<Uuid, Home>,
     /// The alarm a passive incarnation had set (so it is not set twice).
     pub alarm_at: Option<Instant>,
 }
@@ -84,11 +86,11 @@ pub struct ProductActor {
     on_hand: u64,
     reserved: u64,
     version: u64,
-    holds: HashMap<Uuid, u64>,
+    holds: GrowingMap<Uuid, u64>,
     tentatives: HashMap<Uuid, Tentative>,
     tentative_total: u64,
-    homes: HashMap<Uuid, Home>,
-    deadlines: BinaryHeap<Reverse<(Instant, Uuid)>>,
+    homes: GrowingMap<Uuid, Home>,
+    deadlines: BTreeSet<(Instant, Uuid)>,
     deferred: VecDeque<Msg>,
     /// LSN of the newest record that changed this product's counts.
     last_lsn: Lsn,
@@ -117,7 +119,7 @@ pub fn spawn(sku: Sku, seed: Seed, shared: Arc<Shared>, incarnation: u64) -> mps
         .homes
         .iter()
         .filter(|(_, h)| h.status == ReservationStatus::Active)
-        .map(|(id, h)| Reverse((h.deadline, *id)))
+        .map(|(id, h)| (h.deadline, *id))
         .collect();
     let actor = ProductActor {
         sku,
@@ -150,7 +152,7 @@ impl ProductActor {
         let mut last_activity = self.shared.clock.now();
         loop {
             // One timer for the earliest deadline, or for passivation when idle.
-            let deadline = self.deadlines.peek().map(|Reverse((d, _))| *d);
+            let deadline = self.deadlines.first().map(|(d, _)| *d);
             let idle_at = self
                 .shared
                 .passivate_after
@@ -338,6 +340,12 @@ impl ProductActor {
             self.holds.values().sum::<u64>(),
             self.reserved,
             "{}: holds != reserved",
+            self.sku
+        );
+        debug_assert_eq!(
+            self.deadlines.len(),
+            self.homes.values().filter(|h| may_expire(h.status)).count(),
+            "{}: one deadline per active home",
             self.sku
         );
         debug_assert_eq!(
@@ -641,7 +649,7 @@ impl ProductActor {
                             busy: false,
                         },
                     );
-                    self.deadlines.push(Reverse((deadline, id)));
+                    self.deadlines.insert((deadline, id));
                     Answer::Reserved {
                         lsn,
                         at_ms: now_ms,
@@ -841,6 +849,8 @@ impl ProductActor {
 
     fn end(&mut self, id: Uuid, status: ReservationStatus, lsn: Lsn) {
         let home = self.homes.get_mut(&id).expect("home reservation");
+        // (An expired one's entry is already gone; a re-acquired one has none.)
+        self.deadlines.remove(&(home.deadline, id));
         home.status = status;
         home.end_lsn = lsn;
         home.busy = false;
@@ -925,8 +935,9 @@ impl ProductActor {
         };
         let result = self.append_at(m.id, m.actor, now_ms, event).map(|lsn| {
             let home = self.homes.get_mut(&m.id).expect("looked up above");
+            self.deadlines.remove(&(home.deadline, m.id));
             home.deadline = deadline;
-            self.deadlines.push(Reverse((deadline, m.id)));
+            self.deadlines.insert((deadline, m.id));
             Answer::Durable(lsn)
         });
         let _ = m.reply.send(result);
@@ -980,15 +991,15 @@ impl ProductActor {
     /// Releases every active hold homed here whose deadline has passed.
     fn expire_due(&mut self) {
         let now = self.shared.clock.now();
-        while let Some(Reverse((deadline, id))) = self.deadlines.peek().copied() {
+        while let Some(&(deadline, id)) = self.deadlines.first() {
             if deadline > now {
                 break;
             }
-            self.deadlines.pop();
+            self.deadlines.pop_first();
             let Some(home) = self.homes.get(&id) else {
                 continue;
             };
-            // Stale entries (extended, ended) are skipped: lazy deletion keeps the heap simple.
+            // Ending and extending remove their entry, so none should be stale; checked anyway.
             if !may_expire(home.status) || home.deadline != deadline {
                 continue;
             }
@@ -998,20 +1009,11 @@ impl ProductActor {
                     // The log queue is full: try again shortly rather than drop the expiry.
                     let retry = now + Duration::from_millis(10);
                     self.homes.get_mut(&id).expect("home").deadline = retry;
-                    self.deadlines.push(Reverse((retry, id)));
+                    self.deadlines.insert((retry, id));
                     break;
                 }
                 Err(_) => break,
             }
-        }
-        // Bound the heap: drop stale entries when they outnumber live ones.
-        if self.deadlines.len() > 64 && self.deadlines.len() > 2 * self.homes.len() {
-            let homes = &self.homes;
-            self.deadlines.retain(|Reverse((d, id))| {
-                homes
-                    .get(id)
-                    .is_some_and(|h| may_expire(h.status) && h.deadline == *d)
-            });
         }
     }
 }

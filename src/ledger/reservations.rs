@@ -4,9 +4,13 @@
 //! Why not one `HashMap<Uuid, Reservation>`: the map doubles as it grows and each doubling
 //! moves every entry into freshly faulted-in memory, which dominated replay time. Here the
 //! map's entries are 20 bytes and a reservation is written once into a chunk that never moves.
+//! The index itself grows a few entries per insert ([`GrowingMap`]): it is written by the log
+//! writer between an fsync and its acknowledgements, where a whole-table move would hold up
+//! every waiting reply.
 
-use foldhash::HashMap;
 use uuid::Uuid;
+
+use crate::memory::GrowingMap;
 
 use super::Reservation;
 
@@ -15,7 +19,7 @@ const CHUNK_LEN: usize = 4096;
 
 #[derive(Debug, Default)]
 pub struct Reservations {
-    index: HashMap<Uuid, u32>,
+    index: GrowingMap<Uuid, u32>,
     chunks: Vec<Vec<Reservation>>,
     len: usize,
 }

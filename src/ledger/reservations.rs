@@ -4,13 +4,12 @@
 //! Why not one `HashMap<Uuid, Reservation>`: the map doubles as it grows and each doubling
 //! moves every entry into freshly faulted-in memory, which dominated replay time. Here the
 //! map's entries are 20 bytes and a reservation is written once into a chunk that never moves.
-//! The index itself grows a few entries per insert ([`GrowingMap`]): it is written by the log
-//! writer between an fsync and its acknowledgements, where a whole-table move would hold up
-//! every waiting reply.
+//! The index is sharded ([`ShardedMap`]): it is written by the log writer between an fsync and
+//! its acknowledgements, where moving the whole index at once would hold up every reply.
 
 use uuid::Uuid;
 
-use crate::memory::GrowingMap;
+use crate::memory::ShardedMap;
 
 use super::Reservation;
 
@@ -19,7 +18,7 @@ const CHUNK_LEN: usize = 4096;
 
 #[derive(Debug, Default)]
 pub struct Reservations {
-    index: GrowingMap<Uuid, u32>,
+    index: ShardedMap<u32>,
     chunks: Vec<Vec<Reservation>>,
     len: usize,
 }

@@ -201,13 +201,16 @@ impl ProductActor {
     /// Active reservations homed here get an alarm at the earliest expiry. Messages that raced
     /// in are forwarded to the next incarnation.
     fn try_passivate(&mut self, rx: &mut mpsc::Receiver<Msg>) -> bool {
+        // The cheap tests first: a hot product with many holds never scans them here.
+        if !self.at_rest() || self.holds.len() > PASSIVE_HOLDS_MAX || !rx.is_empty() {
+            return false;
+        }
         let durable = self.shared.log.durability().durable_lsn();
         let settled = self.last_lsn <= durable
             && self.homes.values().all(|h| {
                 !h.busy && (h.status == ReservationStatus::Active || h.end_lsn <= durable)
             });
-        let few_holds = self.holds.len() <= PASSIVE_HOLDS_MAX;
-        if !self.at_rest() || !settled || !few_holds || !rx.is_empty() {
+        if !settled {
             return false;
         }
         let passivated = if self.exists {

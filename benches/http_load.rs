@@ -624,6 +624,8 @@ async fn pg_flash(port: u16, connections: usize, seconds: u64) -> Outcome {
         },
     )
     .await;
+    // Write out what the run left dirty in PostgreSQL's buffers now, not in the next run.
+    setup.batch_execute("CHECKPOINT").await.expect("checkpoint");
     Outcome {
         system: "postgresql",
         workload: "flash".into(),
@@ -635,6 +637,13 @@ async fn pg_flash(port: u16, connections: usize, seconds: u64) -> Outcome {
         note: "synchronous_commit on, fsync on; SELECT FOR UPDATE + UPDATE + INSERT hold".into(),
         spread: None,
     }
+}
+
+/// Before each run: flush what earlier runs left dirty in the page cache, and give the disk a
+/// moment, so that no system's fsyncs compete with the write-back of the one before it.
+async fn quiet_disk() {
+    let _ = tokio::task::spawn_blocking(|| Command::new("sync").status()).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
 }
 
 // ------------------------------------------------------------------ report
@@ -653,6 +662,7 @@ fn main() {
         for w in &a.workloads {
             let mut by_system: Vec<Vec<Outcome>> = Vec::new();
             for _ in 0..a.rounds {
+                quiet_disk().await;
                 let mut round = vec![match w.as_str() {
                     "flash" => stockd_flash(a.connections, a.seconds).await,
                     "checkout" => stockd_checkout(a.connections, a.seconds).await,
@@ -661,9 +671,11 @@ fn main() {
                 }];
                 if w == "flash" {
                     if let Some(port) = a.redis_port {
+                        quiet_disk().await;
                         round.push(redis_flash(port, a.connections, a.seconds).await);
                     }
                     if let Some(port) = a.pg_port {
+                        quiet_disk().await;
                         round.push(pg_flash(port, a.connections, a.seconds).await);
                     }
                 }

@@ -833,7 +833,7 @@ async fn expired_reservations_reacquire_or_refuse() {
     for id in [&id1, &id2] {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
         loop {
-            if s.get(&format!("/v1/reservations/{id}")).await.1["status"] == "expired" {
+            if s.reservation(id).await["status"] == "expired" {
                 break;
             }
             assert!(

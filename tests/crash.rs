@@ -261,10 +261,7 @@ async fn sigterm_drains_flushes_and_exits_zero() {
     assert!(status.success(), "exit status {status:?}: {}", s.stderr());
     let s = start(&data);
     for id in &acked {
-        assert_eq!(
-            s.get(&format!("/v1/reservations/{id}")).await.1["status"],
-            "active"
-        );
+        assert_eq!(s.reservation(id).await["status"], "active");
     }
     assert_eq!(s.product_state("G").await["reserved"], 50);
 }

@@ -3,31 +3,9 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
-use serde_json::Value;
-
-async fn wait_for_status(s: &Server, id: &str, status: &str, limit: Duration) -> Value {
-    let until = Instant::now() + limit;
-    loop {
-        let (_, r) = s.get(&format!("/v1/reservations/{id}")).await;
-        if r["status"] == status {
-            return r;
-        }
-        assert!(
-            Instant::now() < until,
-            "reservation {id} not {status} after {limit:?}: {r}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn ms(rfc3339: &Value) -> i64 {
-    chrono::DateTime::parse_from_rfc3339(rfc3339.as_str().unwrap())
-        .unwrap()
-        .timestamp_millis()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_second_hold_is_released_and_logged_as_expired() {
@@ -40,7 +18,7 @@ async fn one_second_hold_is_released_and_logged_as_expired() {
     assert_eq!(s.product_state("T").await["reserved"], 2);
     // The contract: released within one second of expires_at. The wait here is generous
     // (shared machines); the bound is checked on the server's own record time below.
-    wait_for_status(&s, id, "expired", Duration::from_secs(10)).await;
+    s.wait_status(id, "expired", Duration::from_secs(10)).await;
     for sku in ["T", "U"] {
         let p = s.product_state(sku).await;
         assert_eq!(
@@ -48,21 +26,7 @@ async fn one_second_hold_is_released_and_logged_as_expired() {
             (Some(0), Some(5)),
             "{sku}"
         );
-        let (_, h) = s.get(&format!("/v1/products/{sku}/history?limit=1")).await;
-        let e = &h["entries"][0];
-        assert_eq!(
-            (
-                e["action"].as_str(),
-                e["metadata"]["reason"].as_str(),
-                e["actor"].as_str()
-            ),
-            (Some("release"), Some("expired"), Some("stockd"))
-        );
-        let late_ms = ms(&e["at"]) - ms(&r["expires_at"]);
-        assert!(
-            (0..=1000).contains(&late_ms),
-            "{sku}: released {late_ms} ms after expires_at"
-        );
+        assert_expiry_logged(&s, sku, &r).await;
     }
 }
 
@@ -81,10 +45,7 @@ async fn extended_hold_outlives_its_first_deadline() {
         .await;
     assert_eq!(st, reqwest::StatusCode::OK);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(
-        s.get(&format!("/v1/reservations/{id}")).await.1["status"],
-        "active"
-    );
+    assert_eq!(s.reservation(id).await["status"], "active");
     assert_eq!(s.product_state("V").await["reserved"], 1);
 }
 
@@ -109,12 +70,7 @@ async fn hold_that_expired_while_down_is_released_at_start() {
         .await;
     assert_eq!(r["status"], "expired");
     assert_eq!(
-        s.get(&format!(
-            "/v1/reservations/{}",
-            long["id"].as_str().unwrap()
-        ))
-        .await
-        .1["status"],
+        s.reservation(long["id"].as_str().unwrap()).await["status"],
         "active"
     );
     let (w, x) = (s.product_state("W").await, s.product_state("X").await);

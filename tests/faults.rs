@@ -306,7 +306,7 @@ async fn full_disk_answers_503_exits_non_zero_and_restarts_clean() {
     let s = start(&data);
     for id in &acked {
         assert_eq!(
-            s.get(&format!("/v1/reservations/{id}")).await.1["status"],
+            s.reservation(id).await["status"],
             "active",
             "acknowledged {id} lost"
         );

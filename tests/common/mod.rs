@@ -190,6 +190,29 @@ impl Server {
         body
     }
 
+    /// A reservation as the API answers it (asserting it exists).
+    pub async fn reservation(&self, id: &str) -> Value {
+        let (status, body) = self.get(&format!("/v1/reservations/{id}")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body
+    }
+
+    /// Waits (bounded by `limit`) until reservation `id` has `status`; returns it.
+    pub async fn wait_status(&self, id: &str, status: &str, limit: std::time::Duration) -> Value {
+        let until = std::time::Instant::now() + limit;
+        loop {
+            let r = self.reservation(id).await;
+            if r["status"] == status {
+                return r;
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "reservation {id} not {status} after {limit:?}: {r}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn reserve(&self, items: &[(&str, u64)], ttl_seconds: u64) -> (StatusCode, Value) {
         let items: Vec<Value> = items
             .iter()
@@ -257,4 +280,38 @@ pub fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
         .unwrap_or_else(|| panic!("{name} missing from:\n{text}"))
+}
+
+/// An RFC 3339 timestamp of the API in milliseconds since the epoch.
+pub fn ms(rfc3339: &Value) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(rfc3339.as_str().expect("a timestamp"))
+        .expect("RFC 3339")
+        .timestamp_millis()
+}
+
+/// The newest history entry of `sku` is the server's expiry of `reservation`, recorded at most
+/// 1 s after its `expires_at` (the contract's bound).
+pub async fn assert_expiry_logged(s: &Server, sku: &str, reservation: &Value) {
+    let (_, h) = s.get(&format!("/v1/products/{sku}/history?limit=1")).await;
+    let e = &h["entries"][0];
+    assert_eq!(
+        (
+            e["action"].as_str(),
+            e["metadata"]["reason"].as_str(),
+            e["actor"].as_str(),
+            e["reservation_id"].as_str()
+        ),
+        (
+            Some("release"),
+            Some("expired"),
+            Some("stockd"),
+            reservation["id"].as_str()
+        ),
+        "{sku}: {h}"
+    );
+    let late_ms = ms(&e["at"]) - ms(&reservation["expires_at"]);
+    assert!(
+        (0..=1000).contains(&late_ms),
+        "{sku}: released {late_ms} ms after expires_at"
+    );
 }

@@ -81,13 +81,13 @@ pub fn seed_from_passive(shared: &Shared, sku: &Sku, passive: registry::Passive)
     };
     seed.reserved = held.reserved;
     seed.alarm_at = held.alarm_at;
-    seed.holds = held.holds.iter().copied().collect();
     let ledger = shared.ledger.read();
-    for (id, _) in held.holds.iter() {
+    for &(id, units) in held.holds.iter() {
         let r = ledger
-            .reservation(id)
+            .reservation(&id)
             .unwrap_or_else(|| panic!("{sku}: held reservation {id} is not in the ledger"));
         if crate::ledger::home_of(r.items()) != sku {
+            seed.holds.insert(id, units);
             continue;
         }
         assert_eq!(
@@ -96,7 +96,7 @@ pub fn seed_from_passive(shared: &Shared, sku: &Sku, passive: registry::Passive)
             "{sku}: reservation {id} homed here ended while the product was passive"
         );
         seed.homes
-            .insert(*id, product::Home::active(r, shared.clock.as_ref()));
+            .insert(id, product::Home::active(r, shared.clock.as_ref()));
     }
     seed
 }

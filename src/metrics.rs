@@ -19,12 +19,6 @@ pub struct RequestLabels {
     pub status: u16,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RouteLabels {
-    pub method: &'static str,
-    pub route: &'static str,
-}
-
 /// The label for a matched route (a fixed set; anything else is "other").
 pub fn route_label(route: &str) -> &'static str {
     const ROUTES: [&str; 19] = [
@@ -68,7 +62,7 @@ pub fn method_label(method: &axum::http::Method) -> &'static str {
 pub struct Metrics {
     registry: Registry,
     pub http_requests: Family<RequestLabels, Counter>,
-    pub http_request_seconds: Family<RouteLabels, Histogram>,
+    pub http_request_seconds: Family<RequestLabels, Histogram>,
     pub records_per_fsync: Histogram,
     pub fsync_seconds: Histogram,
     pub log_bytes: Counter,
@@ -91,7 +85,7 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("stockd");
         let http_requests = Family::<RequestLabels, Counter>::default();
-        let http_request_seconds = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
+        let http_request_seconds = Family::<RequestLabels, Histogram>::new_with_constructor(|| {
             // 50 µs .. ~1.6 s
             Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
         });
@@ -112,7 +106,7 @@ impl Metrics {
         );
         registry.register(
             "http_request_seconds",
-            "HTTP request latency by method and route",
+            "HTTP request latency by method, route and status",
             http_request_seconds.clone(),
         );
         registry.register(
@@ -196,16 +190,15 @@ impl Metrics {
         status: u16,
         took: Duration,
     ) {
+        let labels = RequestLabels {
+            method,
+            route,
+            status,
+        };
         self.http_request_seconds
-            .get_or_create(&RouteLabels { method, route })
+            .get_or_create(&labels)
             .observe(took.as_secs_f64());
-        self.http_requests
-            .get_or_create(&RequestLabels {
-                method,
-                route,
-                status,
-            })
-            .inc();
+        self.http_requests.get_or_create(&labels).inc();
     }
 
     /// The text exposition format.

@@ -1169,8 +1169,12 @@ async fn metrics_report_requests_group_commit_and_stock() {
     assert_eq!(value("stockd_mailbox_rejections_total "), 0.0);
     assert_eq!(value("stockd_http_requests_total{method=\"POST\",route=\"/v1/reservations\",status=\"201\"} "), 2.0);
     assert_eq!(value("stockd_http_requests_total{method=\"POST\",route=\"/v1/reservations\",status=\"409\"} "), 1.0);
-    assert!(
-        text.contains("stockd_http_request_seconds_bucket{"),
-        "latency histogram missing"
-    );
+    // Latency by route and status too: the refusals are timed apart from the holds.
+    let timed = |status: &str| {
+        value(&format!(
+            "stockd_http_request_seconds_count{{method=\"POST\",route=\"/v1/reservations\",status=\"{status}\"}} "
+        ))
+    };
+    assert_eq!(timed("201"), 2.0);
+    assert_eq!(timed("409"), 1.0);
 }

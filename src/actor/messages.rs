@@ -71,6 +71,28 @@ pub enum Refusal {
 
 pub type Reply = oneshot::Sender<Result<Answer, Refusal>>;
 
+/// The LSN a reply reports state up to: it may go out once that is durable (0: nothing).
+pub fn depends_on(result: &Result<Answer, Refusal>) -> Lsn {
+    match result {
+        Ok(answer) => answer.lsn().unwrap_or(0),
+        Err(refusal) => refusal.depends_on(),
+    }
+}
+
+impl Refusal {
+    /// The LSN of the state the refusal reflects (0: none).
+    pub fn depends_on(&self) -> Lsn {
+        match self {
+            Refusal::Stock { depends_on, .. }
+            | Refusal::Conflict { depends_on, .. }
+            | Refusal::PreconditionFailed { depends_on }
+            | Refusal::InvalidTransition { depends_on, .. }
+            | Refusal::ReservationExpired { depends_on } => *depends_on,
+            _ => 0,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TentativeKind {
     /// Becomes a hold of the reservation named by the key.

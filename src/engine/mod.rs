@@ -331,15 +331,7 @@ impl Engine {
 
     /// Maps an actor's refusal to an error, first waiting until the state it reflects is durable.
     async fn refusal(&self, refusal: Refusal) -> EngineError {
-        let depends_on = match &refusal {
-            Refusal::Stock { depends_on, .. }
-            | Refusal::Conflict { depends_on, .. }
-            | Refusal::PreconditionFailed { depends_on }
-            | Refusal::InvalidTransition { depends_on, .. }
-            | Refusal::ReservationExpired { depends_on } => *depends_on,
-            _ => 0,
-        };
-        if let Err(e) = self.wait(depends_on).await {
+        if let Err(e) = self.wait(refusal.depends_on()).await {
             return e;
         }
         match refusal {

@@ -108,23 +108,33 @@ impl Durability {
 
     /// Resolves once every record up to `lsn` is fsynced; `Err` if the log failed first.
     pub async fn wait(&self, lsn: Lsn) -> Result<(), AppendError> {
-        let rx = {
-            let mut waiters = self.inner.waiters.lock();
-            // Checked under the lock that `publish` and `fail` take: no wake-up can be missed.
-            if self.is_failed() {
-                return Err(AppendError::Unavailable);
-            }
-            if self.durable_lsn() >= lsn {
-                return Ok(());
-            }
-            let (tx, rx) = oneshot::channel();
-            waiters.entry(lsn).or_default().push(tx);
-            rx
-        };
-        match rx.await {
-            Ok(true) => Ok(()),
-            _ => Err(AppendError::Unavailable),
+        // Most callers come after their actor replied, which it does once this holds.
+        if self.durable_lsn() >= lsn && !self.is_failed() {
+            return Ok(());
         }
+        match self.watch(lsn)? {
+            None => Ok(()),
+            Some(rx) => match rx.await {
+                Ok(true) => Ok(()),
+                _ => Err(AppendError::Unavailable),
+            },
+        }
+    }
+
+    /// A receiver told `true` once every record up to `lsn` is fsynced, `false` if the log
+    /// failed first; `None` if that is so already.
+    pub fn watch(&self, lsn: Lsn) -> Result<Option<oneshot::Receiver<bool>>, AppendError> {
+        let mut waiters = self.inner.waiters.lock();
+        // Checked under the lock that `publish` and `fail` take: no wake-up can be missed.
+        if self.is_failed() {
+            return Err(AppendError::Unavailable);
+        }
+        if self.durable_lsn() >= lsn {
+            return Ok(None);
+        }
+        let (tx, rx) = oneshot::channel();
+        waiters.entry(lsn).or_default().push(tx);
+        Ok(Some(rx))
     }
 
     /// (fsyncs, records made durable) since start.

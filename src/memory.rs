@@ -31,6 +31,29 @@ pub fn prefer_small_pages() {
     }
 }
 
+/// How often the allocator is asked to hand freed memory back (see [`return_freed_memory`]).
+pub const RETURN_FREED_EVERY_MS: u64 = 1_000;
+
+/// Runs while `alive` can be upgraded: every [`RETURN_FREED_EVERY_MS`], asks the allocator
+/// (mimalloc) to hand back to the kernel the memory it holds freed. mimalloc does that lazily,
+/// on its next calls, so a server that falls quiet after a million products passivated kept
+/// their actors' freed memory resident: the 1M-SKU catalog read 739 MiB idle, 614 MiB after
+/// one such call (the live data is the same). Each call collects the heap of the worker it
+/// runs on (tasks move between workers) and the process-wide free ranges. With another
+/// global allocator the call only touches mimalloc's own, unused, state.
+pub async fn return_freed_memory<T>(alive: std::sync::Weak<T>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(RETURN_FREED_EVERY_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if alive.strong_count() == 0 {
+            return;
+        }
+        // SAFETY: mi_collect takes a flag and only walks the allocator's own structures.
+        unsafe { libmimalloc_sys::mi_collect(false) };
+    }
+}
+
 /// Shards of [`ShardedMap`]: a power of two. With 5M entries a shard holds ~20k, and moving
 /// that many 20-byte entries takes well under a millisecond.
 const SHARDS: usize = 256;

@@ -210,6 +210,7 @@ impl Engine {
             shared.alarms.clone(),
             Arc::downgrade(&shared),
         ));
+        tokio::spawn(crate::memory::return_freed_memory(Arc::downgrade(&shared)));
         let engine = Engine {
             inner: Arc::new(Inner {
                 shared,

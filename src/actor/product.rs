@@ -3,10 +3,10 @@
 //! Available here = on_hand - reserved - tentative. A reservation homed here holds its own
 //! item for as long as it is active, counted from its [`Home`]; `holds` has only the holds of
 //! reservations homed at another product (multi-item ones). One map entry per hold, not two:
-//! on a hot product the map inserts were 40% of the actor's time per reserve. Tentative units are promised to a
-//! multi-item operation still being admitted at other actors; a request refused only because
-//! of them is parked until they settle (a refusal must not depend on something that may never
-//! become durable). Expiry: the deadlines of active holds in one ordered set (a
+//! on a hot product the map inserts were 40% of the actor's time per reserve. Tentative units
+//! are promised to a multi-item operation still being admitted at other actors; a request
+//! refused only because of them is parked until they settle (a refusal must not depend on
+//! something that may never become durable). Expiry: the deadlines of active holds in one ordered set (a
 //! B-tree: it grows node by node, where a heap's vector moved everything as it doubled), one
 //! sleep armed for the earliest.
 //!
@@ -487,13 +487,10 @@ impl ProductActor {
 
     /// Sends the awaiting replies whose LSN is durable now.
     fn send_durable(&mut self) {
-        let Some(&(first, _, _)) = self.awaiting.front() else {
-            return;
-        };
-        let durable = self.shared.log.durability().durable_lsn();
-        if first > durable {
+        if self.awaiting.is_empty() {
             return;
         }
+        let durable = self.shared.log.durability().durable_lsn();
         while let Some((lsn, _, _)) = self.awaiting.front() {
             if *lsn > durable {
                 break;

@@ -108,7 +108,7 @@ impl Durability {
 
     /// Resolves once every record up to `lsn` is fsynced; `Err` if the log failed first.
     pub async fn wait(&self, lsn: Lsn) -> Result<(), AppendError> {
-        // Most callers come after their actor replied, which it does once this holds.
+        // True already for callers whose (busy) actor held the reply until it was durable.
         if self.durable_lsn() >= lsn && !self.is_failed() {
             return Ok(());
         }

@@ -276,22 +276,13 @@ impl ProductActor {
             return false;
         }
         let passivated = if self.exists {
-            let alarm_at = self
-                .homes
-                .values()
-                .filter(|h| h.status == ReservationStatus::Active)
-                .map(|h| h.deadline)
-                .min();
+            // The earliest deadline of the active homes: the ordered set has it first.
+            let alarm_at = self.deadlines.first().map(|(at, _)| *at);
             let held = (self.hold_count() > 0).then(|| {
-                let homed = self
-                    .homes
-                    .iter()
-                    .filter(|(_, h)| h.status == ReservationStatus::Active)
-                    .map(|(id, h)| (*id, h.own(&self.sku)));
                 let elsewhere = self.holds.iter().map(|(id, q)| (*id, *q));
                 Box::new(Held {
                     reserved: self.reserved,
-                    holds: homed.chain(elsewhere).collect(),
+                    holds: self.homed_holds().chain(elsewhere).collect(),
                     alarm_at,
                 })
             });
@@ -380,6 +371,14 @@ impl ProductActor {
         self.homes.get_mut(&id)
     }
 
+    /// (id, units) of the holds of the active reservations homed here.
+    fn homed_holds(&self) -> impl Iterator<Item = (Uuid, u64)> + '_ {
+        self.homes
+            .iter()
+            .filter(|(_, h)| h.status == ReservationStatus::Active)
+            .map(|(id, h)| (*id, h.own(&self.sku)))
+    }
+
     /// Active holds on this product: those homed here (one deadline each) and the others.
     fn hold_count(&self) -> usize {
         self.deadlines.len() + self.holds.len()
@@ -413,13 +412,7 @@ impl ProductActor {
             self.on_hand
         );
         debug_assert_eq!(
-            self.holds.values().sum::<u64>()
-                + self
-                    .homes
-                    .values()
-                    .filter(|h| h.status == ReservationStatus::Active)
-                    .map(|h| h.own(&self.sku))
-                    .sum::<u64>(),
+            self.holds.values().sum::<u64>() + self.homed_holds().map(|(_, q)| q).sum::<u64>(),
             self.reserved,
             "{}: holds != reserved",
             self.sku

@@ -24,12 +24,14 @@ pub fn verify(data_dir: &Path) -> Result<String, String> {
         .check_invariants()
         .map_err(|e| format!("the log replays to a state that breaks an invariant: {e}"))?;
     let mut summary = format!(
-        "ok: {} segments, {} records, {} bytes, {} products, {} active reservations",
+        "ok: {} segments, {} records, {} bytes, {} products, {} active reservations; replayed in {:.2} s ({} records/s)",
         outcome.segments,
         outcome.records,
         outcome.bytes,
         ledger.product_count(),
-        ledger.active_reservations()
+        ledger.active_reservations(),
+        outcome.elapsed_ms as f64 / 1000.0,
+        outcome.records_per_second()
     );
     if let Some(torn) = outcome.torn_tail {
         summary.push_str(&format!(

@@ -67,10 +67,12 @@ pub async fn serve(config: ServerConfig) -> Result<(), ServeError> {
     });
     let (engine, startup) = Engine::open(&config.engine, Arc::new(SystemClock), on_fatal).await?;
     tracing::info!(
-        "replayed {} records from {} segments in {}: {} products, {} active reservations, {} released at start (expired while down)",
+        "replayed {} records from {} segments in {} in {:.2} s ({} records/s): {} products, {} active reservations, {} released at start (expired while down)",
         startup.replay.records,
         startup.replay.segments,
         config.engine.data_dir.display(),
+        startup.replay.elapsed_ms as f64 / 1000.0,
+        startup.replay.records_per_second(),
         startup.products,
         startup.active_reservations,
         startup.expired_at_start

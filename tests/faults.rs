@@ -116,6 +116,28 @@ fn reserve_one() -> Reserve {
     Reserve::one("F", 1, 3600)
 }
 
+/// An engine over `faulty` (or the real disk), on a runtime of its own; a fatal log error
+/// fails the test.
+fn open_engine(
+    config: &EngineConfig,
+    faulty: Option<&Arc<Faulty>>,
+) -> (tokio::runtime::Runtime, Engine, stockd::engine::Startup) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let storage: Arc<dyn Storage> = match faulty {
+        Some(f) => f.clone(),
+        None => Arc::new(Disk),
+    };
+    let (engine, startup) = rt
+        .block_on(Engine::open_with_storage(
+            config,
+            Arc::new(SystemClock),
+            storage,
+            Box::new(|m| panic!("{m}")),
+        ))
+        .unwrap();
+    (rt, engine, startup)
+}
+
 /// Runs a batch of reserves through an engine whose file layer then fails as `arm` says.
 fn fail_then_restart(arm: impl FnOnce(&Faulty), expect_in_message: &str) {
     let dir = tempfile::tempdir().unwrap();
@@ -190,14 +212,7 @@ fn fail_then_restart(arm: impl FnOnce(&Faulty), expect_in_message: &str) {
         "{}",
         String::from_utf8_lossy(&verify.stderr)
     );
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let (engine, startup) = rt
-        .block_on(Engine::open(
-            &config,
-            Arc::new(SystemClock),
-            Box::new(|m| panic!("{m}")),
-        ))
-        .unwrap();
+    let (_rt, engine, startup) = open_engine(&config, None);
     // A failed write was cut back by the writer; a failed sync came after a whole write.
     assert!(
         startup.replay.torn_tail.is_none(),
@@ -333,15 +348,7 @@ fn nothing_undurable_is_shown_or_refused_against() {
         ..EngineConfig::default()
     };
     let faulty = Arc::new(Faulty::default());
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let (engine, _) = rt
-        .block_on(Engine::open_with_storage(
-            &config,
-            Arc::new(SystemClock),
-            faulty.clone(),
-            Box::new(|m| panic!("{m}")),
-        ))
-        .unwrap();
+    let (rt, engine, _) = open_engine(&config, Some(&faulty));
     rt.block_on(async {
         let product = PutProduct {
             on_hand: Some(1),
@@ -387,4 +394,77 @@ fn nothing_undurable_is_shown_or_refused_against() {
         ));
         assert_eq!(engine.product("F").unwrap().reserved, 1);
     });
+}
+
+/// The log's queue is bounded: while an fsync hangs, appends beyond `log_channel_capacity`
+/// are refused as overloaded (503), change nothing, and everything accepted is durable once
+/// the fsync returns, also after a restart.
+#[test]
+fn a_full_log_queue_refuses_as_overloaded_and_changes_nothing() {
+    const QUEUE_RECORDS: usize = 8;
+    const CALLERS: usize = 40;
+    let dir = tempfile::tempdir().unwrap();
+    let config = EngineConfig {
+        data_dir: dir.path().join("data"),
+        log_channel_capacity: QUEUE_RECORDS,
+        ..EngineConfig::default()
+    };
+    let faulty = Arc::new(Faulty::default());
+    let (rt, engine, _) = open_engine(&config, Some(&faulty));
+    let accepted: Vec<uuid::Uuid> = rt.block_on(async {
+        let product = PutProduct {
+            on_hand: Some(1000),
+            ..PutProduct::default()
+        };
+        engine.put_product("t", "F", product, None).await.unwrap();
+        faulty.hold_sync.hold();
+        // The first reserve's batch hangs in its fsync; then the queue fills.
+        let e = engine.clone();
+        let first = tokio::spawn(async move { e.reserve("t", reserve_one()).await });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let tasks: Vec<_> = (0..CALLERS)
+            .map(|_| {
+                let e = engine.clone();
+                tokio::spawn(async move { e.reserve("t", reserve_one()).await })
+            })
+            .collect();
+        // Every caller has been answered or is queued once the refusals add up (bounded wait).
+        let refusals = (CALLERS - QUEUE_RECORDS) as u64;
+        for _ in 0..200 {
+            if engine.metrics().log_queue_rejections.get() >= refusals {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        faulty.hold_sync.release();
+        let mut accepted = vec![first.await.unwrap().expect("the first reserve").id];
+        let mut overloaded = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(r) => accepted.push(r.id),
+                Err(EngineError::Overloaded) => overloaded += 1,
+                Err(other) => panic!("unexpected refusal: {other:?}"),
+            }
+        }
+        assert_eq!(
+            accepted.len(),
+            1 + QUEUE_RECORDS,
+            "the queue holds exactly its capacity while the fsync hangs"
+        );
+        assert_eq!(overloaded, CALLERS - QUEUE_RECORDS);
+        assert_eq!(engine.product("F").unwrap().reserved, accepted.len() as u64);
+        engine.check_invariants().unwrap();
+        accepted
+    });
+    drop(engine);
+    drop(rt);
+
+    let (_rt, engine, _) = open_engine(&config, None);
+    assert_eq!(engine.product("F").unwrap().reserved, accepted.len() as u64);
+    for id in &accepted {
+        assert_eq!(
+            engine.reservation(id).expect("accepted, so kept").status,
+            "active"
+        );
+    }
 }

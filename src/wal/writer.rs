@@ -1,19 +1,24 @@
 //! The log writer: one thread, one open segment, group commit.
 //!
-//! Producers (actors) encode their record on their own thread and hand the bytes over a bounded
-//! crossbeam channel, receiving a log sequence number (LSN) that orders it. The writer drains
-//! everything waiting, writes it with one `write`, calls `fdatasync` once, applies the batch to
-//! the read model ([`crate::ledger::Ledger`]), and only then publishes the new durable LSN,
-//! which wakes every reply waiting for it. A write or sync error is fatal: nothing more is
-//! acknowledged and the server exits so a supervisor restarts it and replay decides.
+//! Producers (actors) encode their record straight into the staging buffer, under one short
+//! lock that also hands out the log sequence number (LSN) ordering it. The writer swaps the
+//! staging buffer for an empty one, writes everything it took with one `write`, calls
+//! `fdatasync` once, applies the batch to the read model ([`crate::ledger::Ledger`]), and only
+//! then publishes the new durable LSN, which wakes every reply waiting for it. A write or sync
+//! error is fatal: nothing more is acknowledged and the server exits so a supervisor restarts
+//! it and replay decides.
+//!
+//! Why a staging buffer and not a channel of records: a channel message per record meant a
+//! frame allocated per record, the record copied into and out of the channel and into the
+//! batch, and a free on another thread; in a flash sale the writer spent more time on those
+//! copies than on applying the batch to the ledger.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Condvar, Mutex, RwLock};
 use tokio::sync::oneshot;
 
 use super::frame::encode_record;
@@ -23,6 +28,9 @@ use super::storage::{SegmentFile, Storage};
 use super::WalError;
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
+
+/// The staging buffer's first capacity; it grows to the largest batch seen, up to the bound.
+const STAGED_BYTES_INITIAL: usize = 64 * 1024;
 
 /// Zeros written ahead of the last record at a time (see `Writer::write_zeros_ahead`).
 const ZERO_AHEAD_BYTES: u64 = 1024 * 1024;
@@ -37,7 +45,9 @@ pub struct LogConfig {
     pub segment_size_bytes: u64,
     /// Records that may wait for the writer; beyond it appends are refused (503 overloaded).
     pub channel_capacity: usize,
-    /// Upper bound on one batch (one write + one fdatasync).
+    /// Bytes that may wait for the writer, which is also the bound on one batch (one write +
+    /// one fdatasync): beyond it appends are refused (503 overloaded). One record is always
+    /// taken, whatever its size.
     pub batch_max_bytes: usize,
     /// The file layer ([`Disk`](super::storage::Disk) but in fault-injection tests).
     pub storage: Arc<dyn Storage>,
@@ -51,20 +61,24 @@ pub enum AppendError {
     Unavailable,
 }
 
-struct Pending {
-    lsn: Lsn,
-    frame: Vec<u8>,
-    record: Record,
-}
-
-/// What the writer's queue carries. (Not boxing the large variant is deliberate: a record is
-/// queued per request, a close once per process.)
-#[allow(clippy::large_enum_variant)]
-enum Queued {
-    Record(Pending),
-    /// Shutdown, after the last record: end the segment at that record (cut the zeros written
-    /// ahead), then say so and stop.
-    Close(oneshot::Sender<()>),
+/// Records handed to the writer and not yet taken by it.
+struct Staged {
+    /// Their frames, back to back, in LSN order: exactly what the writer writes.
+    bytes: Vec<u8>,
+    /// The records themselves, for the writer to apply to the ledger once durable.
+    records: Vec<Record>,
+    /// LSN of the last record staged; the next one gets one more.
+    last_lsn: Lsn,
+    /// Shutdown began: nothing more is appended.
+    closed: bool,
+    /// Shutdown's last request: end the segment at the last record, then say so and stop.
+    close: Option<oneshot::Sender<()>>,
+    /// Every [`Log`] handle is gone: the writer writes what is staged and stops.
+    handles_gone: bool,
+    /// The writer waits on [`LogShared::ready`]; whoever stages something must wake it.
+    writer_waiting: bool,
+    /// The writer stopped after a failure: nothing staged now is ever written.
+    writer_failed: bool,
 }
 
 /// Durability watermark shared by the writer (publisher) and every waiting reply.
@@ -177,14 +191,37 @@ impl Durability {
 #[derive(Clone)]
 pub struct Log {
     shared: Arc<LogShared>,
+    /// Dropped with the last handle, which tells the writer to stop.
+    _handles: Arc<LastHandle>,
 }
 
 struct LogShared {
-    tx: Sender<Queued>,
-    /// Held while a number is taken and the record enqueued, so LSN order is channel order.
-    /// True once closed: nothing more is appended.
-    next_lsn: Mutex<(Lsn, bool)>,
+    staged: Mutex<Staged>,
+    /// Signalled when the writer waits and something was staged (or close / last handle).
+    ready: Condvar,
+    records_max: usize,
+    bytes_max: usize,
     durability: Durability,
+}
+
+impl LogShared {
+    /// Wakes the writer if it waits (called with the staging lock held).
+    fn wake_writer(&self, staged: &mut Staged) {
+        if staged.writer_waiting {
+            staged.writer_waiting = false;
+            self.ready.notify_one();
+        }
+    }
+}
+
+struct LastHandle(Arc<LogShared>);
+
+impl Drop for LastHandle {
+    fn drop(&mut self) {
+        let mut staged = self.0.staged.lock();
+        staged.handles_gone = true;
+        self.0.wake_writer(&mut staged);
+    }
 }
 
 /// Called once, from the writer thread, when the log has failed for good.
@@ -212,8 +249,23 @@ impl Log {
                 (1, path, file, segment::HEADER_BYTES as u64)
             }
         };
-        let (tx, rx) = crossbeam_channel::bounded(config.channel_capacity);
         let durability = Durability::new(0);
+        let shared = Arc::new(LogShared {
+            staged: Mutex::new(Staged {
+                bytes: Vec::with_capacity(STAGED_BYTES_INITIAL),
+                records: Vec::new(),
+                last_lsn: 0,
+                closed: false,
+                close: None,
+                handles_gone: false,
+                writer_waiting: false,
+                writer_failed: false,
+            }),
+            ready: Condvar::new(),
+            records_max: config.channel_capacity.max(1),
+            bytes_max: config.batch_max_bytes.max(1),
+            durability: durability.clone(),
+        });
         let writer = Writer {
             config,
             index,
@@ -223,49 +275,45 @@ impl Log {
             zeroed_until: len,
             zero_ahead: true,
             ledger,
-            durability: durability.clone(),
+            durability,
             metrics,
         };
+        let for_writer = shared.clone();
         std::thread::Builder::new()
             .name("stockd-log".into())
-            .spawn(move || writer.run(rx, on_fatal))
+            .spawn(move || writer.run(&for_writer, on_fatal))
             .map_err(|e| WalError::io("cannot start the log writer thread", "", e))?;
         Ok(Log {
-            shared: Arc::new(LogShared {
-                tx,
-                next_lsn: Mutex::new((0, false)),
-                durability,
-            }),
+            _handles: Arc::new(LastHandle(shared.clone())),
+            shared,
         })
     }
 
-    /// Encodes the record and queues it. Never blocks: a full queue is `Overloaded`.
+    /// Encodes the record into the staging buffer. Never blocks on the disk: a full buffer
+    /// is `Overloaded`.
     pub fn append(&self, record: Record) -> Result<Lsn, AppendError> {
         if self.shared.durability.is_failed() {
             return Err(AppendError::Unavailable);
         }
-        let mut frame = Vec::with_capacity(128);
-        if let Err(e) = encode_record(&record, &mut frame) {
+        let mut staged = self.shared.staged.lock();
+        if staged.closed || self.shared.durability.is_failed() {
+            return Err(AppendError::Unavailable);
+        }
+        if !staged.records.is_empty()
+            && (staged.records.len() >= self.shared.records_max
+                || staged.bytes.len() >= self.shared.bytes_max)
+        {
+            return Err(AppendError::Overloaded);
+        }
+        if let Err(e) = encode_record(&record, &mut staged.bytes) {
             // Our own types always encode; failing here is a bug, not an operating condition.
             panic!("record failed to encode: {e}");
         }
-        let mut next = self.shared.next_lsn.lock();
-        if next.1 {
-            return Err(AppendError::Unavailable);
-        }
-        let lsn = next.0 + 1;
-        match self
-            .shared
-            .tx
-            .try_send(Queued::Record(Pending { lsn, frame, record }))
-        {
-            Ok(()) => {
-                next.0 = lsn;
-                Ok(lsn)
-            }
-            Err(TrySendError::Full(_)) => Err(AppendError::Overloaded),
-            Err(TrySendError::Disconnected(_)) => Err(AppendError::Unavailable),
-        }
+        staged.records.push(record);
+        staged.last_lsn += 1;
+        let lsn = staged.last_lsn;
+        self.shared.wake_writer(&mut staged);
+        Ok(lsn)
     }
 
     pub fn durability(&self) -> &Durability {
@@ -274,7 +322,7 @@ impl Log {
 
     /// The LSN of the last record handed to the writer.
     pub fn last_lsn(&self) -> Lsn {
-        self.shared.next_lsn.lock().0
+        self.shared.staged.lock().last_lsn
     }
 
     /// Graceful shutdown: refuses further appends, waits for everything appended to be
@@ -282,15 +330,22 @@ impl Log {
     /// cleanly stopped server leaves no zeros behind.
     pub async fn close(&self) -> Result<(), AppendError> {
         let last = {
-            let mut next = self.shared.next_lsn.lock();
-            next.1 = true;
-            next.0
+            let mut staged = self.shared.staged.lock();
+            staged.closed = true;
+            staged.last_lsn
         };
         self.shared.durability.wait(last).await?;
         let (done, closed) = oneshot::channel();
-        if self.shared.tx.try_send(Queued::Close(done)).is_ok() {
-            let _ = closed.await;
+        {
+            let mut staged = self.shared.staged.lock();
+            if staged.writer_failed {
+                // Stopped without ending the segment: replay cuts the zeros it left.
+                return Ok(());
+            }
+            staged.close = Some(done);
+            self.shared.wake_writer(&mut staged);
         }
+        let _ = closed.await;
         Ok(())
     }
 
@@ -318,69 +373,69 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, rx: Receiver<Queued>, on_fatal: FatalHook) {
-        let mut batch: Vec<Pending> = Vec::with_capacity(1024);
-        let mut buf: Vec<u8> = Vec::with_capacity(self.config.batch_max_bytes);
-        // Ends when closed, or when every Log handle is dropped and the queue is drained.
-        while let Ok(first) = rx.recv() {
-            let first = match first {
-                Queued::Record(p) => p,
-                Queued::Close(done) => {
-                    self.end_segment();
-                    let _ = done.send(());
+    fn run(mut self, shared: &LogShared, on_fatal: FatalHook) {
+        // Swapped with the staging buffers each batch, so both keep their capacity.
+        let mut bytes: Vec<u8> = Vec::with_capacity(STAGED_BYTES_INITIAL);
+        let mut records: Vec<Record> = Vec::new();
+        loop {
+            let (last_lsn, close, handles_gone) = {
+                let mut staged = shared.staged.lock();
+                while staged.records.is_empty() && staged.close.is_none() && !staged.handles_gone {
+                    staged.writer_waiting = true;
+                    shared.ready.wait(&mut staged);
+                }
+                std::mem::swap(&mut staged.bytes, &mut bytes);
+                std::mem::swap(&mut staged.records, &mut records);
+                (staged.last_lsn, staged.close.take(), staged.handles_gone)
+            };
+            // `close` comes only once every record is durable, so never with records; if it
+            // did, they would be written first.
+            if !records.is_empty() {
+                let count = records.len() as u64;
+                let started = std::time::Instant::now();
+                if let Err(e) = self.write_batch(&bytes) {
+                    // Report first, then fail the waiters: whoever sees a 503 can count on the
+                    // failure being logged and the shutdown under way.
+                    let message = describe_failure(&e);
+                    tracing::error!("{message}");
+                    on_fatal(message);
+                    self.durability.fail();
+                    let mut staged = shared.staged.lock();
+                    staged.writer_failed = true;
+                    // A close asked meanwhile is answered (by dropping it): nothing to end.
+                    staged.close = None;
                     return;
                 }
-            };
-            buf.clear();
-            buf.extend_from_slice(&first.frame);
-            batch.push(first);
-            // (`close` queues its request once every record is durable, so it does not come
-            // in the middle of a batch; if it did, it would be served right after it.)
-            let mut close_after = None;
-            while buf.len() < self.config.batch_max_bytes {
-                match rx.try_recv() {
-                    Ok(Queued::Record(p)) => {
-                        buf.extend_from_slice(&p.frame);
-                        batch.push(p);
-                    }
-                    Ok(Queued::Close(done)) => {
-                        close_after = Some(done);
-                        break;
-                    }
-                    Err(_) => break,
-                }
-            }
-            let started = std::time::Instant::now();
-            if let Err(e) = self.write_batch(&buf) {
-                // Report first, then fail the waiters: whoever sees a 503 can count on the
-                // failure being logged and the shutdown under way.
-                let message = describe_failure(&e);
-                tracing::error!("{message}");
-                on_fatal(message);
-                self.durability.fail();
-                return;
-            }
-            let last_lsn = batch.last().map(|p| p.lsn).unwrap_or(0);
-            let records = batch.len() as u64;
-            self.metrics
-                .batch_synced(batch.len(), buf.len(), started.elapsed());
-            {
-                let mut ledger = self.ledger.write();
-                for p in batch.drain(..) {
-                    if let Err(e) = ledger.apply(p.record) {
-                        // The actors decided this change against the same counts: a broken invariant.
-                        panic!("durable record {} contradicts the ledger: {e}", p.lsn);
+                self.metrics
+                    .batch_synced(records.len(), bytes.len(), started.elapsed());
+                {
+                    let mut ledger = self.ledger.write();
+                    let first_lsn = last_lsn + 1 - count;
+                    for (i, record) in records.drain(..).enumerate() {
+                        if let Err(e) = ledger.apply(record) {
+                            // The actors decided this change against the same counts: a
+                            // broken invariant.
+                            panic!(
+                                "durable record {} contradicts the ledger: {e}",
+                                first_lsn + i as u64
+                            );
+                        }
                     }
                 }
+                bytes.clear();
+                self.durability.publish(last_lsn, count);
             }
-            self.durability.publish(last_lsn, records);
-            if let Some(done) = close_after {
+            if let Some(done) = close {
                 self.end_segment();
                 let _ = done.send(());
                 return;
             }
+            // With every handle gone nothing more can be staged: what was is written now.
+            if handles_gone {
+                self.end_segment();
+                return;
+            }
         }
-        self.end_segment();
     }
 
     /// Cuts the zeros written ahead: the segment ends at its last record. Best effort (at

@@ -15,7 +15,8 @@ pub struct EngineConfig {
     /// Records that may wait for the log writer; beyond it writes answer 503.
     #[arg(long, env = "STOCKD_LOG_CHANNEL_CAPACITY", default_value_t = 65_536)]
     pub log_channel_capacity: usize,
-    /// Upper bound of one group-commit batch (one write, one fdatasync).
+    /// Bytes that may wait for the log writer, and so the bound of one group-commit batch
+    /// (one write, one fdatasync); beyond it writes answer 503.
     #[arg(long, env = "STOCKD_LOG_BATCH_MAX_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub log_batch_max_bytes: usize,
     /// Messages a product actor's mailbox holds; a full mailbox answers 503 overloaded.

@@ -51,7 +51,9 @@ pub type Spawn<'a> = &'a dyn Fn(Sku, Option<Passive>, u64) -> mpsc::Sender<Msg>;
 
 #[derive(Default)]
 pub struct Registry {
-    slots: DashMap<Sku, Slot>,
+    /// Hashed with foldhash, seeded per process: every request looks its products up here,
+    /// and the default SipHash was 3% of a durable reserve's instructions.
+    slots: DashMap<Sku, Slot, foldhash::fast::RandomState>,
     incarnations: AtomicU64,
     /// Counted at each transition, so a metrics scrape need not walk every slot.
     live: AtomicUsize,

@@ -22,7 +22,8 @@ pub fn check_text(field: &str, value: &Option<String>) -> Result<(), EngineError
     }
 }
 
-pub fn check_quantity(field: &str, quantity: u64) -> Result<(), EngineError> {
+/// `field` is formatted only for the error (a reserve's items are checked on every request).
+pub fn check_quantity(field: impl std::fmt::Display, quantity: u64) -> Result<(), EngineError> {
     if (1..=QUANTITY_MAX).contains(&quantity) {
         Ok(())
     } else {
@@ -55,7 +56,7 @@ pub fn parse_items(items: &[ItemRequest]) -> Result<Vec<Item>, EngineError> {
     let mut out: Vec<Item> = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let sku = Sku::parse(&item.sku).map_err(|e| invalid(format!("items[{i}].sku: {e}")))?;
-        check_quantity(&format!("items[{i}].quantity"), item.quantity)?;
+        check_quantity(format_args!("items[{i}].quantity"), item.quantity)?;
         if out.iter().any(|o| o.sku == sku) {
             return Err(invalid(format!(
                 "items[{i}]: sku {sku} appears more than once"

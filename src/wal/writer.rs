@@ -212,6 +212,27 @@ impl LogShared {
             self.ready.notify_one();
         }
     }
+
+    /// The writer stopped for good: fails every waiting reply and refuses further appends.
+    fn writer_failed(&self) {
+        self.durability.fail();
+        let mut staged = self.staged.lock();
+        staged.writer_failed = true;
+        // A close asked meanwhile is answered (by dropping it): there is nothing to end.
+        staged.close = None;
+    }
+}
+
+/// A writer thread that panics (a broken invariant) fails the log on its way out, so that no
+/// reply waits for it forever.
+struct FailOnUnwind<'a>(&'a LogShared);
+
+impl Drop for FailOnUnwind<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.writer_failed();
+        }
+    }
 }
 
 struct LastHandle(Arc<LogShared>);
@@ -374,6 +395,7 @@ struct Writer {
 
 impl Writer {
     fn run(mut self, shared: &LogShared, on_fatal: FatalHook) {
+        let _unwinding = FailOnUnwind(shared);
         // Swapped with the staging buffers each batch, so both keep their capacity.
         let mut bytes: Vec<u8> = Vec::with_capacity(STAGED_BYTES_INITIAL);
         let mut records: Vec<Record> = Vec::new();
@@ -399,11 +421,7 @@ impl Writer {
                     let message = describe_failure(&e);
                     tracing::error!("{message}");
                     on_fatal(message);
-                    self.durability.fail();
-                    let mut staged = shared.staged.lock();
-                    staged.writer_failed = true;
-                    // A close asked meanwhile is answered (by dropping it): nothing to end.
-                    staged.close = None;
+                    shared.writer_failed();
                     return;
                 }
                 self.metrics

@@ -270,7 +270,6 @@ impl Log {
                 (1, path, file, segment::HEADER_BYTES as u64)
             }
         };
-        let durability = Durability::new(0);
         let shared = Arc::new(LogShared {
             staged: Mutex::new(Staged {
                 bytes: Vec::with_capacity(STAGED_BYTES_INITIAL),
@@ -285,7 +284,7 @@ impl Log {
             ready: Condvar::new(),
             records_max: config.channel_capacity.max(1),
             bytes_max: config.batch_max_bytes.max(1),
-            durability: durability.clone(),
+            durability: Durability::new(0),
         });
         let writer = Writer {
             config,
@@ -296,7 +295,6 @@ impl Log {
             zeroed_until: len,
             zero_ahead: true,
             ledger,
-            durability,
             metrics,
         };
         let for_writer = shared.clone();
@@ -313,9 +311,6 @@ impl Log {
     /// Encodes the record into the staging buffer. Never blocks on the disk: a full buffer
     /// is `Overloaded`.
     pub fn append(&self, record: Record) -> Result<Lsn, AppendError> {
-        if self.shared.durability.is_failed() {
-            return Err(AppendError::Unavailable);
-        }
         let mut staged = self.shared.staged.lock();
         if staged.closed || self.shared.durability.is_failed() {
             return Err(AppendError::Unavailable);
@@ -389,7 +384,6 @@ struct Writer {
     /// Zeros are written ahead unless that failed in this segment.
     zero_ahead: bool,
     ledger: Arc<RwLock<Ledger>>,
-    durability: Durability,
     metrics: Arc<Metrics>,
 }
 
@@ -441,7 +435,7 @@ impl Writer {
                     }
                 }
                 bytes.clear();
-                self.durability.publish(last_lsn, count);
+                shared.durability.publish(last_lsn, count);
             }
             if let Some(done) = close {
                 self.end_segment();

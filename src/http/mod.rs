@@ -2,6 +2,7 @@
 //! problem+json. Every route but the probes needs a token of the right role (when tokens are
 //! configured). A concurrency limit sheds load with 503 + Retry-After instead of queueing.
 
+pub mod answer;
 pub mod error;
 pub mod extract;
 pub mod products;
@@ -242,7 +243,7 @@ struct Health {
 /// The process is up.
 #[utoipa::path(get, path = "/healthz", tag = "operations", security(()), responses((status = 200, body = Health)))]
 async fn healthz() -> impl IntoResponse {
-    axum::Json(Health { status: "ok" })
+    answer::json(StatusCode::OK, &Health { status: "ok" })
 }
 
 /// The log is replayed and writable.
@@ -258,7 +259,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
         )
         .into_response()
     } else {
-        axum::Json(Health { status: "ready" }).into_response()
+        answer::json(StatusCode::OK, &Health { status: "ready" })
     }
 }
 

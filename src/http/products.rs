@@ -2,11 +2,12 @@
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Extension;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use super::answer::json;
 use super::error::{ApiError, Problem};
 use super::extract::{if_match, Json, Path, Query};
 use super::AppState;
@@ -20,7 +21,7 @@ use crate::ledger::{Action, HistoryView, ProductView};
 
 /// A product with its `ETag`.
 pub fn product_response(status: StatusCode, product: &ProductView) -> Response {
-    let mut response = (status, axum::Json(product)).into_response();
+    let mut response = json(status, product);
     if let Ok(tag) = HeaderValue::from_str(&format!("\"{}\"", product.version)) {
         response.headers_mut().insert(header::ETAG, tag);
     }
@@ -124,7 +125,7 @@ pub async fn list(
     let (products, next) = state
         .engine
         .list_products(status, params.after.as_deref(), limit);
-    Ok(axum::Json(ProductPage { products, next }).into_response())
+    Ok(json(StatusCode::OK, &ProductPage { products, next }))
 }
 
 /// Add received stock.
@@ -230,5 +231,5 @@ pub async fn history(
         .engine
         .history(&sku, params.before, action, limit)
         .ok_or_else(|| ApiError::not_found(format!("no product {sku}")))?;
-    Ok(axum::Json(HistoryPage { entries, next }).into_response())
+    Ok(json(StatusCode::OK, &HistoryPage { entries, next }))
 }

@@ -2,15 +2,20 @@
 
 use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Extension;
 
+use super::answer::json;
 use super::error::{ApiError, Problem};
 use super::extract::{parse_uuid, Json, OptionalJson, Path};
 use super::AppState;
 use crate::auth::Caller;
 use crate::engine::requests;
 use crate::ledger::ReservationView;
+use uuid::Uuid;
+
+const LOCATION_PREFIX: &str = "/v1/reservations/";
+const LOCATION_BYTES: usize = LOCATION_PREFIX.len() + uuid::fmt::Hyphenated::LENGTH;
 
 /// Hold stock for a while: all items or none.
 #[utoipa::path(post, path = "/v1/reservations", tag = "reservations", request_body = requests::Reserve,
@@ -23,8 +28,16 @@ pub async fn create(
     Json(body): Json<requests::Reserve>,
 ) -> Result<Response, ApiError> {
     let reservation = state.engine.reserve(&caller.name, body).await?;
-    let mut response = (StatusCode::CREATED, axum::Json(&reservation)).into_response();
-    if let Ok(location) = HeaderValue::from_str(&format!("/v1/reservations/{}", reservation.id)) {
+    let mut response = json(StatusCode::CREATED, &reservation);
+    let mut location = String::with_capacity(LOCATION_BYTES);
+    location.push_str(LOCATION_PREFIX);
+    location.push_str(
+        reservation
+            .id
+            .hyphenated()
+            .encode_lower(&mut Uuid::encode_buffer()),
+    );
+    if let Ok(location) = HeaderValue::from_str(&location) {
         response.headers_mut().insert(header::LOCATION, location);
     }
     Ok(response)
@@ -43,7 +56,7 @@ pub async fn get(
         .engine
         .reservation(&id)
         .ok_or_else(|| ApiError::not_found(format!("no reservation {id}")))?;
-    Ok(axum::Json(reservation).into_response())
+    Ok(json(StatusCode::OK, &reservation))
 }
 
 /// Turn the hold into a sale (all of it, or the listed quantities).
@@ -60,7 +73,7 @@ pub async fn complete(
 ) -> Result<Response, ApiError> {
     let id = parse_uuid(&id)?;
     let reservation = state.engine.complete(&caller.name, id, body).await?;
-    Ok(axum::Json(reservation).into_response())
+    Ok(json(StatusCode::OK, &reservation))
 }
 
 /// Release the hold.
@@ -77,7 +90,7 @@ pub async fn cancel(
 ) -> Result<Response, ApiError> {
     let id = parse_uuid(&id)?;
     let reservation = state.engine.cancel(&caller.name, id, body).await?;
-    Ok(axum::Json(reservation).into_response())
+    Ok(json(StatusCode::OK, &reservation))
 }
 
 /// Move the expiry to now + ttl_seconds (while active).
@@ -94,5 +107,5 @@ pub async fn extend(
 ) -> Result<Response, ApiError> {
     let id = parse_uuid(&id)?;
     let reservation = state.engine.extend(&caller.name, id, body).await?;
-    Ok(axum::Json(reservation).into_response())
+    Ok(json(StatusCode::OK, &reservation))
 }

@@ -2,11 +2,12 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Extension;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::answer::json;
 use super::error::{ApiError, Problem};
 use super::extract::{parse_uuid, Json, Path};
 use super::AppState;
@@ -25,7 +26,7 @@ pub async fn create(
     Json(body): Json<requests::Sale>,
 ) -> Result<Response, ApiError> {
     let sale = state.engine.sell(&caller.name, body).await?;
-    Ok((StatusCode::CREATED, axum::Json(sale)).into_response())
+    Ok(json(StatusCode::CREATED, &sale))
 }
 
 /// A sale.
@@ -41,7 +42,7 @@ pub async fn get(
         .engine
         .sale(&id)
         .ok_or_else(|| ApiError::not_found(format!("no sale {id}")))?;
-    Ok(axum::Json(sale).into_response())
+    Ok(json(StatusCode::OK, &sale))
 }
 
 #[derive(Serialize, ToSchema)]
@@ -61,5 +62,5 @@ pub async fn availability(
     Json(body): Json<requests::Availability>,
 ) -> Result<Response, ApiError> {
     let (ok, items) = state.engine.availability(&body)?;
-    Ok(axum::Json(AvailabilityAnswer { ok, items }).into_response())
+    Ok(json(StatusCode::OK, &AvailabilityAnswer { ok, items }))
 }

@@ -155,7 +155,7 @@ impl Product {
             low_stock_threshold: self.low_stock_threshold,
             status: classify(available, self.low_stock_threshold),
             version: self.version(),
-            updated_at: views::rfc3339_ms(self.updated_at_ms),
+            updated_at: views::Timestamp(self.updated_at_ms),
         }
     }
 }
@@ -768,7 +768,7 @@ impl Ledger {
             };
             out.push(HistoryView {
                 seq: index as u64 + 1,
-                at: views::rfc3339_ms(e.at_ms),
+                at: views::Timestamp(e.at_ms),
                 action: e.action.as_str(),
                 quantity_before: on_hand_before,
                 quantity_after: e.on_hand,
@@ -815,7 +815,7 @@ impl Ledger {
         Some(SaleView {
             id: *id,
             items: s.items.clone(),
-            at: views::rfc3339_ms(s.at_ms),
+            at: views::Timestamp(s.at_ms),
             reference: s.reference.clone(),
         })
     }
@@ -943,8 +943,8 @@ fn reservation_view(
         id: *id,
         status: status.as_str(),
         items: r.items.to_vec(),
-        created_at: views::rfc3339_ms(r.created_at_ms),
-        expires_at: views::rfc3339_ms(expires_at_ms),
+        created_at: views::Timestamp(r.created_at_ms),
+        expires_at: views::Timestamp(expires_at_ms),
         session_id: r.text(TextField::SessionId),
         user_id: r.text(TextField::UserId),
         reference: r.text(TextField::Reference),

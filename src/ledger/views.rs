@@ -1,6 +1,6 @@
 //! JSON shapes of what clients read. Built only from the ledger, i.e. from durable state.
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -10,15 +10,25 @@ use crate::domain::{Item, StockStatus};
 /// because chrono's formatter (through `core::fmt`) was 12% of the instructions of a whole
 /// durable reserve, which answers with two timestamps.
 pub fn rfc3339_ms(at_ms: i64) -> String {
+    let mut out = [0u8; RFC3339_MS_BYTES];
+    match write_rfc3339_ms(at_ms, &mut out) {
+        Some(text) => text.to_owned(),
+        None => chrono_rfc3339_ms(at_ms),
+    }
+}
+
+const RFC3339_MS_BYTES: usize = 24;
+
+/// Writes the time into `out`; `None` for years outside 0..=9999, which chrono writes in its
+/// own way (stockd never makes such times).
+fn write_rfc3339_ms(at_ms: i64, out: &mut [u8; RFC3339_MS_BYTES]) -> Option<&str> {
     use chrono::{Datelike, Timelike};
     let at = chrono::DateTime::from_timestamp_millis(at_ms).unwrap_or_default();
     let year = at.year();
     if !(0..=9999).contains(&year) {
-        // Not a time stockd makes; chrono writes those years in its own way.
-        return at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        return None;
     }
-    let millis = at.timestamp_subsec_millis();
-    let mut out = *b"0000-00-00T00:00:00.000Z";
+    *out = *b"0000-00-00T00:00:00.000Z";
     let mut put = |at: usize, width: usize, mut value: u32| {
         for i in (at..at + width).rev() {
             out[i] = b'0' + (value % 10) as u8;
@@ -31,13 +41,34 @@ pub fn rfc3339_ms(at_ms: i64) -> String {
     put(11, 2, at.hour());
     put(14, 2, at.minute());
     put(17, 2, at.second());
-    put(20, 3, millis);
-    String::from_utf8(out.to_vec()).expect("ASCII digits and separators")
+    put(20, 3, at.timestamp_subsec_millis());
+    Some(std::str::from_utf8(out).expect("ASCII digits and separators"))
+}
+
+fn chrono_rfc3339_ms(at_ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(at_ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// A time in a view: milliseconds since the epoch, serialized as [`rfc3339_ms`] straight into
+/// the answer, so a view costs no `String` per timestamp.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timestamp(pub i64);
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut out = [0u8; RFC3339_MS_BYTES];
+        match write_rfc3339_ms(self.0, &mut out) {
+            Some(text) => serializer.serialize_str(text),
+            None => serializer.serialize_str(&chrono_rfc3339_ms(self.0)),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::rfc3339_ms;
+    use super::{rfc3339_ms, Timestamp};
 
     fn chrono_says(at_ms: i64) -> String {
         chrono::DateTime::from_timestamp_millis(at_ms)
@@ -60,6 +91,8 @@ mod tests {
         samples.push(i64::MIN); // out of range: the epoch, as before
         for at in samples {
             assert_eq!(rfc3339_ms(at), chrono_says(at), "at {at} ms");
+            let json = serde_json::to_string(&Timestamp(at)).expect("serialize");
+            assert_eq!(json, format!("\"{}\"", chrono_says(at)), "at {at} ms");
         }
     }
 }
@@ -74,13 +107,15 @@ pub struct ProductView {
     pub low_stock_threshold: u64,
     pub status: StockStatus,
     pub version: u64,
-    pub updated_at: String,
+    #[schema(value_type = String)]
+    pub updated_at: Timestamp,
 }
 
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct HistoryView {
     pub seq: u64,
-    pub at: String,
+    #[schema(value_type = String)]
+    pub at: Timestamp,
     #[schema(value_type = String, example = "reserve")]
     pub action: &'static str,
     pub quantity_before: u64,
@@ -102,8 +137,10 @@ pub struct ReservationView {
     #[schema(value_type = String, example = "active")]
     pub status: &'static str,
     pub items: Vec<Item>,
-    pub created_at: String,
-    pub expires_at: String,
+    #[schema(value_type = String)]
+    pub created_at: Timestamp,
+    #[schema(value_type = String)]
+    pub expires_at: Timestamp,
     pub session_id: Option<String>,
     pub user_id: Option<String>,
     pub reference: Option<String>,
@@ -134,8 +171,8 @@ impl ReservationView {
             id,
             status: "active",
             items,
-            created_at: rfc3339_ms(created_at_ms),
-            expires_at: rfc3339_ms(expires_at_ms),
+            created_at: Timestamp(created_at_ms),
+            expires_at: Timestamp(expires_at_ms),
             session_id,
             user_id,
             reference,
@@ -150,7 +187,8 @@ impl ReservationView {
 pub struct SaleView {
     pub id: Uuid,
     pub items: Vec<Item>,
-    pub at: String,
+    #[schema(value_type = String)]
+    pub at: Timestamp,
     pub reference: Option<String>,
 }
 

@@ -3,6 +3,7 @@
 //! timing tells nothing about which token or how much of it matched, and are never logged.
 
 use std::path::Path;
+use std::sync::{Arc, LazyLock};
 
 use subtle::ConstantTimeEq;
 
@@ -43,7 +44,7 @@ impl Role {
 
 #[derive(Clone)]
 struct Token {
-    name: String,
+    name: Arc<str>,
     role: Role,
     secret: Vec<u8>,
 }
@@ -52,7 +53,8 @@ struct Token {
 /// are configured, which the server allows only on loopback).
 #[derive(Clone, Debug)]
 pub struct Caller {
-    pub name: String,
+    /// Shared, not copied: every request hands it on (extension, handler).
+    pub name: Arc<str>,
     pub role: Role,
 }
 
@@ -64,11 +66,7 @@ pub struct Tokens {
 impl std::fmt::Debug for Tokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Names and roles only: never a secret.
-        let entries: Vec<(&str, Role)> = self
-            .tokens
-            .iter()
-            .map(|t| (t.name.as_str(), t.role))
-            .collect();
+        let entries: Vec<(&str, Role)> = self.tokens.iter().map(|t| (&*t.name, t.role)).collect();
         f.debug_struct("Tokens").field("tokens", &entries).finish()
     }
 }
@@ -172,7 +170,7 @@ impl Tokens {
             ));
         }
         let token = Token {
-            name: name.to_string(),
+            name: Arc::from(name),
             role,
             secret: secret.as_bytes().to_vec(),
         };
@@ -207,8 +205,9 @@ impl Tokens {
         required: Role,
     ) -> Result<Caller, AuthError> {
         if self.tokens.is_empty() {
+            static ANONYMOUS: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("anonymous"));
             return Ok(Caller {
-                name: "anonymous".into(),
+                name: ANONYMOUS.clone(),
                 role: Role::Admin,
             });
         }
@@ -231,7 +230,7 @@ impl Tokens {
             })
         } else {
             Err(AuthError::Forbidden {
-                name: token.name.clone(),
+                name: token.name.to_string(),
             })
         }
     }
@@ -268,7 +267,7 @@ mod tests {
         let caller = tokens
             .authorize(Some(b"Bearer bbbbbbbbbbbbbbbb2"), Role::Checkout)
             .unwrap();
-        assert_eq!(caller.name, "shop");
+        assert_eq!(&*caller.name, "shop");
         assert_eq!(
             tokens
                 .authorize(Some(b"Bearer bbbbbbbbbbbbbbbb2"), Role::Admin)

@@ -41,16 +41,7 @@ async fn read_body(req: Request) -> Result<(bool, bytes::Bytes), ApiError> {
         .headers()
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            let mime = v
-                .split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase();
-            mime == "application/json"
-                || (mime.starts_with("application/") && mime.ends_with("+json"))
-        });
+        .map(is_json_media_type);
     let bytes = tokio::time::timeout(
         timeout,
         axum::body::to_bytes(req.into_body(), REQUEST_BODY_MAX_BYTES),
@@ -77,6 +68,20 @@ async fn read_body(req: Request) -> Result<(bool, bytes::Bytes), ApiError> {
         ));
     }
     Ok((!bytes.is_empty(), bytes))
+}
+
+/// `application/json` or `application/<anything>+json`, in any case, with any parameters.
+/// Compared in place: lower-casing a copy was an allocation per request.
+fn is_json_media_type(value: &str) -> bool {
+    let mime = value.split(';').next().unwrap_or("").trim().as_bytes();
+    let starts_with = |prefix: &[u8]| {
+        mime.len() >= prefix.len() && mime[..prefix.len()].eq_ignore_ascii_case(prefix)
+    };
+    let ends_with = |suffix: &[u8]| {
+        mime.len() >= suffix.len() && mime[mime.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+    };
+    mime.eq_ignore_ascii_case(b"application/json")
+        || (starts_with(b"application/") && ends_with(b"+json"))
 }
 
 fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
@@ -163,4 +168,33 @@ pub fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
         .and_then(|t| t.parse::<u64>().ok())
         .map(Some)
         .ok_or_else(|| ApiError::invalid("If-Match must be an ETag such as \"3\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_json_media_type;
+
+    #[test]
+    fn json_media_types_in_any_case_with_parameters() {
+        for yes in [
+            "application/json",
+            "Application/JSON",
+            " application/json ; charset=utf-8",
+            "application/merge-patch+json",
+            "APPLICATION/VND.STOCKD+JSON; q=1",
+        ] {
+            assert!(is_json_media_type(yes), "{yes:?} is JSON");
+        }
+        for no in [
+            "",
+            "text/plain",
+            "application/jsonx",
+            "text/json",
+            "application/xml",
+            "json",
+            "application/json-seq",
+        ] {
+            assert!(!is_json_media_type(no), "{no:?} is not JSON");
+        }
+    }
 }

@@ -1,5 +1,5 @@
 //! JSON answers. axum's `Json` serializes into a 128-byte buffer that a reservation's answer
-//! (about 330 bytes) outgrows twice, through a `BytesMut` writer; an answer here is written
+//! (about 250 bytes) outgrows twice, through a `BytesMut` writer; an answer here is written
 //! into one buffer sized for the usual answer.
 
 use axum::http::header::CONTENT_TYPE;

@@ -116,6 +116,15 @@ fn reserve_one() -> Reserve {
     Reserve::one("F", 1, 3600)
 }
 
+/// Creates product F with `on_hand` units.
+async fn put_f(engine: &Engine, on_hand: u64) {
+    let product = PutProduct {
+        on_hand: Some(on_hand),
+        ..PutProduct::default()
+    };
+    engine.put_product("t", "F", product, None).await.unwrap();
+}
+
 /// An engine over `faulty` (or the real disk), on a runtime of its own; a fatal log error
 /// fails the test.
 fn open_engine(
@@ -158,11 +167,7 @@ fn fail_then_restart(arm: impl FnOnce(&Faulty), expect_in_message: &str) {
         ))
         .unwrap();
     let acked: Vec<uuid::Uuid> = rt.block_on(async {
-        let product = PutProduct {
-            on_hand: Some(1000),
-            ..PutProduct::default()
-        };
-        engine.put_product("t", "F", product, None).await.unwrap();
+        put_f(&engine, 1000).await;
         let mut acked = Vec::new();
         for _ in 0..10 {
             acked.push(engine.reserve("t", reserve_one()).await.unwrap().id);
@@ -350,11 +355,7 @@ fn nothing_undurable_is_shown_or_refused_against() {
     let faulty = Arc::new(Faulty::default());
     let (rt, engine, _) = open_engine(&config, Some(&faulty));
     rt.block_on(async {
-        let product = PutProduct {
-            on_hand: Some(1),
-            ..PutProduct::default()
-        };
-        engine.put_product("t", "F", product, None).await.unwrap();
+        put_f(&engine, 1).await;
 
         faulty.hold_sync.hold();
         let e = engine.clone();
@@ -412,11 +413,7 @@ fn a_full_log_queue_refuses_as_overloaded_and_changes_nothing() {
     let faulty = Arc::new(Faulty::default());
     let (rt, engine, _) = open_engine(&config, Some(&faulty));
     let accepted: Vec<uuid::Uuid> = rt.block_on(async {
-        let product = PutProduct {
-            on_hand: Some(1000),
-            ..PutProduct::default()
-        };
-        engine.put_product("t", "F", product, None).await.unwrap();
+        put_f(&engine, 1000).await;
         faulty.hold_sync.hold();
         // The first reserve's batch hangs in its fsync; then the queue fills.
         let e = engine.clone();

@@ -10,25 +10,19 @@ use crate::domain::{Item, StockStatus};
 /// because chrono's formatter (through `core::fmt`) was 12% of the instructions of a whole
 /// durable reserve, which answers with two timestamps.
 pub fn rfc3339_ms(at_ms: i64) -> String {
-    let mut out = [0u8; RFC3339_MS_BYTES];
-    match write_rfc3339_ms(at_ms, &mut out) {
-        Some(text) => text.to_owned(),
-        None => chrono_rfc3339_ms(at_ms),
-    }
+    with_rfc3339_ms(at_ms, str::to_owned)
 }
 
-const RFC3339_MS_BYTES: usize = 24;
-
-/// Writes the time into `out`; `None` for years outside 0..=9999, which chrono writes in its
-/// own way (stockd never makes such times).
-fn write_rfc3339_ms(at_ms: i64, out: &mut [u8; RFC3339_MS_BYTES]) -> Option<&str> {
+/// Hands `use_text` the time as text, written on the stack. Years outside 0..=9999 (which
+/// stockd never makes) are left to chrono, which writes them in its own way.
+fn with_rfc3339_ms<R>(at_ms: i64, use_text: impl FnOnce(&str) -> R) -> R {
     use chrono::{Datelike, Timelike};
     let at = chrono::DateTime::from_timestamp_millis(at_ms).unwrap_or_default();
     let year = at.year();
     if !(0..=9999).contains(&year) {
-        return None;
+        return use_text(&at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
     }
-    *out = *b"0000-00-00T00:00:00.000Z";
+    let mut out = *b"0000-00-00T00:00:00.000Z";
     let mut put = |at: usize, width: usize, mut value: u32| {
         for i in (at..at + width).rev() {
             out[i] = b'0' + (value % 10) as u8;
@@ -42,13 +36,7 @@ fn write_rfc3339_ms(at_ms: i64, out: &mut [u8; RFC3339_MS_BYTES]) -> Option<&str
     put(14, 2, at.minute());
     put(17, 2, at.second());
     put(20, 3, at.timestamp_subsec_millis());
-    Some(std::str::from_utf8(out).expect("ASCII digits and separators"))
-}
-
-fn chrono_rfc3339_ms(at_ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(at_ms)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    use_text(std::str::from_utf8(&out).expect("ASCII digits and separators"))
 }
 
 /// A time in a view: milliseconds since the epoch, serialized as [`rfc3339_ms`] straight into
@@ -58,11 +46,7 @@ pub struct Timestamp(pub i64);
 
 impl Serialize for Timestamp {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut out = [0u8; RFC3339_MS_BYTES];
-        match write_rfc3339_ms(self.0, &mut out) {
-            Some(text) => serializer.serialize_str(text),
-            None => serializer.serialize_str(&chrono_rfc3339_ms(self.0)),
-        }
+        with_rfc3339_ms(self.0, |text| serializer.serialize_str(text))
     }
 }
 

@@ -58,7 +58,8 @@ pub struct ServerConfig {
     /// may still commit.
     #[arg(long, env = "STOCKD_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
     pub request_timeout_ms: u64,
-    /// Async runtime threads (0: one per core).
+    /// Async runtime threads. 1 runs one event-loop thread (beside the log writer's own);
+    /// 0 picks: one thread on machines of up to 2 cores, one per core above that.
     #[arg(long, env = "STOCKD_WORKER_THREADS", default_value_t = 0)]
     pub worker_threads: usize,
     /// File of tokens, one `name role secret` a line (roles: admin, checkout, read). Tokens may

@@ -34,6 +34,19 @@ async fn fire(s: &Server, path: &str, bodies: Vec<Value>) -> Vec<(StatusCode, Va
     out
 }
 
+/// A server whose actors run on four runtime threads at once: on this suite's small machines the
+/// default is one event-loop thread, which would never run two actors in parallel.
+fn start_parallel(data_dir: &std::path::Path) -> Server {
+    let s = try_start_with(data_dir, &["--worker-threads", "4"]).expect("server starts");
+    let workers = std::fs::read_dir(format!("/proc/{}/task", s.pid()))
+        .expect("the server's threads")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.trim() == "tokio-rt-worker")
+        .count();
+    assert_eq!(workers, 4, "the server runs four runtime threads");
+    s
+}
+
 /// reserved == sum of the active holds we know of, for every product named.
 async fn assert_holds_match(s: &Server, reservations: &[Value]) {
     let mut held: HashMap<String, u64> = HashMap::new();
@@ -63,7 +76,7 @@ async fn assert_holds_match(s: &Server, reservations: &[Value]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_oversell_single_item() {
     let dir = tempfile::tempdir().unwrap();
-    let s = start(&dir.path().join("data"));
+    let s = start_parallel(&dir.path().join("data"));
     s.product("HOT", 100).await;
     let bodies = (0..400)
         .map(|_| json!({"items": [{"sku": "HOT", "quantity": 1}], "ttl_seconds": 600}))
@@ -102,7 +115,7 @@ async fn no_oversell_single_item() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_oversell_two_items_sharing_the_hot_sku() {
     let dir = tempfile::tempdir().unwrap();
-    let s = start(&dir.path().join("data"));
+    let s = start_parallel(&dir.path().join("data"));
     s.product("HOT", 100).await;
     // Some partners sort before HOT (so HOT is not always the home actor), some after.
     let partners = ["AAA", "BBB", "XXX", "YYY"];
@@ -140,7 +153,7 @@ async fn no_oversell_two_items_sharing_the_hot_sku() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_oversell_when_both_items_are_scarce() {
     let dir = tempfile::tempdir().unwrap();
-    let s = start(&dir.path().join("data"));
+    let s = start_parallel(&dir.path().join("data"));
     s.product("HOT", 60).await;
     s.product("AAA", 25).await;
     s.product("ZZZ", 25).await;
@@ -169,7 +182,7 @@ async fn no_oversell_when_both_items_are_scarce() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn complete_and_cancel_race_has_one_winner() {
     let dir = tempfile::tempdir().unwrap();
-    let s = start(&dir.path().join("data"));
+    let s = start_parallel(&dir.path().join("data"));
     s.product("R", 1000).await;
     s.product("S", 1000).await;
     let rounds = 60;

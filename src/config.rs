@@ -59,8 +59,9 @@ pub struct ServerConfig {
     #[arg(long, env = "STOCKD_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
     pub request_timeout_ms: u64,
     /// Async runtime threads. 1 runs one event-loop thread (beside the log writer's own);
-    /// 0 picks: one thread on machines of up to 2 cores, one per core above that.
-    #[arg(long, env = "STOCKD_WORKER_THREADS", default_value_t = 0)]
+    /// 0 picks: one thread on machines of up to 2 cores, one per core above that. At most 1024.
+    #[arg(long, env = "STOCKD_WORKER_THREADS", default_value_t = 0,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=1024))]
     pub worker_threads: usize,
     /// File of tokens, one `name role secret` a line (roles: admin, checkout, read). Tokens may
     /// also be given as STOCKD_TOKENS="name:role:secret,...". None: no auth, loopback only.

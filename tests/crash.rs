@@ -267,13 +267,17 @@ async fn sigterm_drains_flushes_and_exits_zero() {
 }
 
 #[test]
-fn refuses_to_listen_off_loopback_without_tokens_and_reports_port_in_use() {
+fn refuses_off_loopback_without_tokens_and_too_many_threads_and_reports_port_in_use() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let err = try_start_with(&data, &["--listen", "0.0.0.0:0"])
         .err()
         .expect("must refuse");
     assert!(err.contains("loopback"), "{err}");
+    let err = try_start_with(&data, &["--worker-threads", "5000"])
+        .err()
+        .expect("must refuse a runtime of 5,000 threads");
+    assert!(err.contains("not in 0..=1024"), "{err}");
     let s = start(&data);
     let port = s.base.rsplit(':').next().unwrap().to_string();
     let other = dir.path().join("other");

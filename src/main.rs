@@ -92,14 +92,7 @@ fn serve(config: ServerConfig) -> ExitCode {
     // caches and no task is stolen or woken across cores; the log writer has a thread of its
     // own anyway. Measured on 2 cores: faster up to a few hundred connections, slower beyond
     // (README, "Runtime threads").
-    tracing::info!(
-        "runtime: {} on {cores} cores (--worker-threads to change)",
-        if workers == 1 {
-            "one event-loop thread".to_string()
-        } else {
-            format!("{workers} worker threads")
-        }
-    );
+    tracing::info!("runtime: {workers} thread(s) on {cores} cores, one being a single event loop (--worker-threads to change)");
     let mut builder = if workers == 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {

@@ -6,9 +6,9 @@
 //! on a hot product the map inserts were 40% of the actor's time per reserve. Tentative units
 //! are promised to a multi-item operation still being admitted at other actors; a request
 //! refused only because of them is parked until they settle (a refusal must not depend on
-//! something that may never become durable). Expiry: the deadlines of active holds in one ordered set (a
-//! B-tree: it grows node by node, where a heap's vector moved everything as it doubled), one
-//! sleep armed for the earliest.
+//! something that may never become durable). Expiry: the deadlines of active holds in one
+//! ordered set (a B-tree: it grows node by node, where a heap's vector moved everything as it
+//! doubled), one sleep armed for the earliest.
 //!
 //! While more messages wait in its mailbox, the actor also holds each reply until what it
 //! reports is durable, and sends it when the log writer's durable LSN passes (it sees that

@@ -149,7 +149,7 @@ fn replay_bytes(bytes: &[u8]) -> Result<Vec<Record>, String> {
     std::fs::write(dir.path().join(file_name(1)), bytes).unwrap();
     let mut out = Vec::new();
     replay(dir.path(), Mode::ReadOnly, |r, _| {
-        out.push(r);
+        out.push(r.clone());
         Ok(())
     })
     .map(|_| out)

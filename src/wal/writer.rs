@@ -424,7 +424,7 @@ impl Writer {
                     let mut ledger = self.ledger.write();
                     let first_lsn = last_lsn + 1 - count;
                     for (i, record) in records.drain(..).enumerate() {
-                        if let Err(e) = ledger.apply(record) {
+                        if let Err(e) = ledger.apply(&record) {
                             // The actors decided this change against the same counts: a
                             // broken invariant.
                             panic!(

@@ -6,6 +6,13 @@
 //! map's entries are 20 bytes and a reservation is written once into a chunk that never moves.
 //! The index is sharded ([`ShardedMap`]): it is written by the log writer between an fsync and
 //! its acknowledgements, where moving the whole index at once would hold up every reply.
+//!
+//! In front of the index sits a small direct-mapped table of recent reservations. A hold
+//! usually ends (completed, released) soon after it was made, a few thousand records later
+//! at most in a busy sale, while the index of millions of ids is far out of the CPU's caches:
+//! in a 10M-record replay the lookup of a completed reservation's index entry was the single
+//! largest cost (a quarter of applying). The recent table (160 KiB) stays cached. An entry is
+//! only ever a copy of the index's (slots never change), so a miss just asks the index.
 
 use uuid::Uuid;
 
@@ -16,11 +23,38 @@ use super::Reservation;
 /// Reservations per chunk: big enough that the chunk list stays short.
 const CHUNK_LEN: usize = 4096;
 
-#[derive(Debug, Default)]
+/// Entries of the recent table: a power of two. With ~500 new reservations between a hold
+/// and its end, 8,192 entries keep ~94% of them (each new one overwrites a random entry).
+const RECENT_LEN: usize = 8192;
+/// Marks an entry of the recent table that holds nothing yet.
+const NO_SLOT: u32 = u32::MAX;
+
+#[derive(Debug)]
 pub struct Reservations {
     index: ShardedMap<u32>,
     chunks: Vec<Vec<Reservation>>,
     len: usize,
+    /// Recently inserted (id, slot) pairs, at [`recent_at`] of the id.
+    recent: Box<[(Uuid, u32)]>,
+}
+
+impl Default for Reservations {
+    fn default() -> Self {
+        Reservations {
+            index: ShardedMap::default(),
+            chunks: Vec::new(),
+            len: 0,
+            recent: vec![(Uuid::nil(), NO_SLOT); RECENT_LEN].into_boxed_slice(),
+        }
+    }
+}
+
+/// Where an id sits in the recent table. Mixes all 16 bytes: client-chosen ids may vary in
+/// any of them. Ids that collide only miss the table, never get a wrong answer.
+fn recent_at(id: &Uuid) -> usize {
+    let (high, low) = id.as_u64_pair();
+    let mixed = (high ^ low).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (mixed >> (64 - RECENT_LEN.trailing_zeros())) as usize
 }
 
 impl Reservations {
@@ -39,6 +73,17 @@ impl Reservations {
         self.len += 1;
         let previous = self.index.insert(id, slot);
         assert!(previous.is_none(), "reservation {id} inserted twice");
+        self.recent[recent_at(&id)] = (id, slot);
+    }
+
+    /// The slot of `id`: from the recent table if it is there, else from the index.
+    fn slot(&self, id: &Uuid) -> Option<u32> {
+        let (recent_id, slot) = self.recent[recent_at(id)];
+        if slot != NO_SLOT && recent_id == *id {
+            debug_assert_eq!(self.index.get(id), Some(&slot));
+            return Some(slot);
+        }
+        self.index.get(id).copied()
     }
 
     fn at(&self, slot: u32) -> &Reservation {
@@ -47,11 +92,11 @@ impl Reservations {
     }
 
     pub fn get(&self, id: &Uuid) -> Option<&Reservation> {
-        self.index.get(id).map(|&slot| self.at(slot))
+        self.slot(id).map(|slot| self.at(slot))
     }
 
     pub fn get_mut(&mut self, id: &Uuid) -> Option<&mut Reservation> {
-        let slot = *self.index.get(id)? as usize;
+        let slot = self.slot(id)? as usize;
         Some(&mut self.chunks[slot / CHUNK_LEN][slot % CHUNK_LEN])
     }
 
@@ -61,5 +106,65 @@ impl Reservations {
 
     pub fn values(&self) -> impl Iterator<Item = &Reservation> + '_ {
         self.chunks.iter().flatten()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use smallvec::SmallVec;
+
+    use super::*;
+    use crate::domain::ReservationStatus;
+
+    fn reservation(created_at_ms: i64) -> Reservation {
+        Reservation {
+            items: SmallVec::new(),
+            status: ReservationStatus::Active,
+            reacquired: false,
+            fingerprint: 0,
+            created_at_ms,
+            expires_at_ms: 0,
+            original_expires_at_ms: 0,
+            sold: SmallVec::new(),
+            text: None,
+        }
+    }
+
+    #[test]
+    fn every_id_finds_its_own_reservation_past_the_recent_table() {
+        // More ids than the recent table has entries, so many share an entry and most have
+        // been pushed out of it: each must still find its own reservation. Sequential ids, as
+        // a client might choose, and random ones.
+        let ids: Vec<Uuid> = (0..3 * RECENT_LEN as u128)
+            .map(Uuid::from_u128)
+            .chain((0..RECENT_LEN).map(|_| Uuid::new_v4()))
+            .collect();
+        let mut reservations = Reservations::default();
+        for (i, id) in ids.iter().enumerate() {
+            reservations.insert(*id, reservation(i as i64));
+            // The one just made, and one made long before.
+            assert_eq!(
+                reservations.get(id).map(|r| r.created_at_ms),
+                Some(i as i64)
+            );
+            let early = i / 7;
+            assert_eq!(
+                reservations.get(&ids[early]).map(|r| r.created_at_ms),
+                Some(early as i64)
+            );
+        }
+        for (i, id) in ids.iter().enumerate() {
+            let r = reservations.get_mut(id).expect("inserted");
+            assert_eq!(r.created_at_ms, i as i64);
+            r.expires_at_ms = -(i as i64);
+        }
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(
+                reservations.get(id).map(|r| r.expires_at_ms),
+                Some(-(i as i64))
+            );
+        }
+        assert!(reservations.get(&Uuid::from_u128(u128::MAX)).is_none());
+        assert!(!reservations.contains_key(&Uuid::from_u128(u128::MAX)));
     }
 }

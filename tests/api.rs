@@ -488,10 +488,11 @@ async fn products_crud_errors_and_etags() {
 async fn product_list_filters_and_pages() {
     let dir = tempfile::tempdir().unwrap();
     let s = start(&dir.path().join("data"));
-    s.product("A", 100).await; // in_stock
-    s.product("B", 5).await; // low_stock
-    s.product("C", 0).await; // out_of_stock
+    // Created out of SKU order: listing is in SKU order, not the order created.
     s.product("D", 50).await; // in_stock
+    s.product("B", 5).await; // low_stock
+    s.product("A", 100).await; // in_stock
+    s.product("C", 0).await; // out_of_stock
     let (st, all) = s.get("/v1/products").await;
     assert_eq!(st, StatusCode::OK);
     let skus: Vec<&str> = all["products"]

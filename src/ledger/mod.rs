@@ -7,11 +7,13 @@
 //! (invariant 7). The actors hold the live, possibly not-yet-durable counts that decisions
 //! are made against; the ledger is what may be shown.
 
+mod arena;
 mod history;
+mod products;
 mod reservations;
 pub mod views;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 // foldhash, seeded per process: several times faster than SipHash on these small keys, and
@@ -144,10 +146,10 @@ impl Product {
         self.history.len() as u64
     }
 
-    fn view(&self, sku: &Sku) -> ProductView {
+    fn view(&self) -> ProductView {
         let available = self.on_hand - self.reserved;
         ProductView {
-            sku: sku.to_string(),
+            sku: self.sku.to_string(),
             name: self.name.clone(),
             on_hand: self.on_hand,
             reserved: self.reserved,
@@ -268,7 +270,7 @@ pub struct ProductOp {
 
 #[derive(Debug, Default)]
 pub struct Ledger {
-    products: BTreeMap<Sku, Product>,
+    products: products::Products,
     reservations: reservations::Reservations,
     sales: HashMap<Uuid, Sale>,
     product_ops: HashMap<Uuid, ProductOp>,
@@ -361,7 +363,7 @@ impl Ledger {
             } => {
                 let m = meta(None, None, None, Marker::None, None);
                 if created {
-                    if self.products.contains_key(sku) {
+                    if self.products.contains(sku.as_str()) {
                         return Err(format!("product {sku} created twice"));
                     }
                     let on_hand = on_hand.unwrap_or(0);
@@ -383,7 +385,7 @@ impl Ledger {
                         0,
                         m,
                     );
-                    self.products.insert(sku.clone(), p);
+                    self.products.insert(p);
                 } else {
                     let p = self.product_mut(sku)?;
                     if let Some(name) = name {
@@ -665,7 +667,7 @@ impl Ledger {
         // only the engine, answering it now, needs its outcome.
         if fingerprint == 0 {
             if let Some(answers) = &mut self.answers {
-                let view = self.products[sku].view(sku);
+                let view = view_of_applied(&self.products, sku);
                 let op = ProductOp {
                     kind,
                     fingerprint,
@@ -677,7 +679,7 @@ impl Ledger {
             }
             return;
         }
-        let view = self.products[sku].view(sku);
+        let view = view_of_applied(&self.products, sku);
         self.product_ops.insert(
             op_id,
             ProductOp {
@@ -703,7 +705,7 @@ impl Ledger {
     // ---- reads ----
 
     pub fn product(&self, sku: &str) -> Option<ProductView> {
-        self.products.get_key_value(sku).map(|(k, p)| p.view(k))
+        self.products.get(sku).map(Product::view)
     }
 
     pub fn product_count(&self) -> usize {
@@ -724,8 +726,8 @@ impl Ledger {
         };
         let mut out = Vec::with_capacity(limit.min(1024));
         let mut more = false;
-        for (sku, p) in self.products.range::<str, _>((lower, Bound::Unbounded)) {
-            let view = p.view(sku);
+        for p in self.products.from(lower) {
+            let view = p.view();
             if status.is_some_and(|s| s != view.status) {
                 continue;
             }
@@ -854,7 +856,7 @@ impl Ledger {
     pub fn product_counts(&self) -> impl Iterator<Item = (&Sku, u64, u64, u64)> + '_ {
         self.products
             .iter()
-            .map(|(s, p)| (s, p.on_hand, p.reserved, p.version()))
+            .map(|p| (&p.sku, p.on_hand, p.reserved, p.version()))
     }
 
     pub fn reservations(&self) -> impl Iterator<Item = (&Uuid, &Reservation)> + '_ {
@@ -890,7 +892,8 @@ impl Ledger {
                 *held.entry(&item.sku).or_default() += item.quantity;
             }
         }
-        for (sku, p) in &self.products {
+        for p in self.products.iter() {
+            let sku = &p.sku;
             if p.reserved > p.on_hand || p.on_hand > ON_HAND_MAX {
                 return Err(format!(
                     "{sku}: reserved {} on_hand {}",
@@ -916,12 +919,20 @@ impl Ledger {
 }
 
 fn product_in<'a>(
-    products: &'a mut BTreeMap<Sku, Product>,
+    products: &'a mut products::Products,
     sku: &Sku,
 ) -> Result<&'a mut Product, String> {
     products
-        .get_mut(sku)
+        .get_mut(sku.as_str())
         .ok_or_else(|| format!("record names unknown product {sku}"))
+}
+
+/// The view of a product that the record just applied names.
+fn view_of_applied(products: &products::Products, sku: &Sku) -> ProductView {
+    products
+        .get(sku.as_str())
+        .expect("the record just applied names this product")
+        .view()
 }
 
 /// The item as kept: its SKU shared with the product's own key, not the decoded copy.

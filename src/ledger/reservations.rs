@@ -1,5 +1,4 @@
-//! Every reservation ever made, by id: an id → slot index map over an arena of fixed-size
-//! chunks.
+//! Every reservation ever made, by id: an id → slot index map over an [`Arena`].
 //!
 //! Why not one `HashMap<Uuid, Reservation>`: the map doubles as it grows and each doubling
 //! moves every entry into freshly faulted-in memory, which dominated replay time. Here the
@@ -18,10 +17,8 @@ use uuid::Uuid;
 
 use crate::memory::ShardedMap;
 
+use super::arena::Arena;
 use super::Reservation;
-
-/// Reservations per chunk: big enough that the chunk list stays short.
-const CHUNK_LEN: usize = 4096;
 
 /// Entries of the recent table: a power of two. With ~500 new reservations between a hold
 /// and its end, 8,192 entries keep ~94% of them (each new one overwrites a random entry).
@@ -32,8 +29,7 @@ const NO_SLOT: u32 = u32::MAX;
 #[derive(Debug)]
 pub struct Reservations {
     index: ShardedMap<u32>,
-    chunks: Vec<Vec<Reservation>>,
-    len: usize,
+    arena: Arena<Reservation>,
     /// Recently inserted (id, slot) pairs, at [`recent_at`] of the id.
     recent: Box<[(Uuid, u32)]>,
 }
@@ -42,8 +38,7 @@ impl Default for Reservations {
     fn default() -> Self {
         Reservations {
             index: ShardedMap::default(),
-            chunks: Vec::new(),
-            len: 0,
+            arena: Arena::default(),
             recent: vec![(Uuid::nil(), NO_SLOT); RECENT_LEN].into_boxed_slice(),
         }
     }
@@ -64,13 +59,7 @@ impl Reservations {
 
     /// Adds a reservation not yet known (the caller checked).
     pub fn insert(&mut self, id: Uuid, reservation: Reservation) {
-        let slot = u32::try_from(self.len).expect("fewer than 2^32 reservations in memory");
-        if self.chunks.last().is_none_or(|c| c.len() == CHUNK_LEN) {
-            self.chunks.push(Vec::with_capacity(CHUNK_LEN));
-        }
-        let chunk = self.chunks.last_mut().expect("pushed above");
-        chunk.push(reservation);
-        self.len += 1;
+        let slot = self.arena.push(reservation);
         let previous = self.index.insert(id, slot);
         assert!(previous.is_none(), "reservation {id} inserted twice");
         self.recent[recent_at(&id)] = (id, slot);
@@ -86,26 +75,23 @@ impl Reservations {
         self.index.get(id).copied()
     }
 
-    fn at(&self, slot: u32) -> &Reservation {
-        let slot = slot as usize;
-        &self.chunks[slot / CHUNK_LEN][slot % CHUNK_LEN]
-    }
-
     pub fn get(&self, id: &Uuid) -> Option<&Reservation> {
-        self.slot(id).map(|slot| self.at(slot))
+        self.slot(id).map(|slot| self.arena.get(slot))
     }
 
     pub fn get_mut(&mut self, id: &Uuid) -> Option<&mut Reservation> {
-        let slot = self.slot(id)? as usize;
-        Some(&mut self.chunks[slot / CHUNK_LEN][slot % CHUNK_LEN])
+        let slot = self.slot(id)?;
+        Some(self.arena.get_mut(slot))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&Uuid, &Reservation)> + '_ {
-        self.index.iter().map(|(id, &slot)| (id, self.at(slot)))
+        self.index
+            .iter()
+            .map(|(id, &slot)| (id, self.arena.get(slot)))
     }
 
     pub fn values(&self) -> impl Iterator<Item = &Reservation> + '_ {
-        self.chunks.iter().flatten()
+        self.arena.iter()
     }
 }
 

@@ -241,7 +241,7 @@ const OPEN_HOLDS: usize = 512;
 /// turns, with [`OPEN_HOLDS`] holds open at once, so a completion lands ~1,000 records after
 /// its hold (the median in a log written through the engine by 1,024 concurrent buyers), and
 /// random ids, as the server makes them. Not a completion right after each hold with
-/// sequential ids: that kept every lookup in the CPU's caches and flattered replay ~1.5x.
+/// sequential ids: that kept every lookup in the CPU's caches and flattered replay ~1.3x.
 fn write_log(dir: &std::path::Path, records: u64) {
     let mut bytes = header().to_vec();
     for p in 0..1000u64 {

@@ -6,16 +6,18 @@
 //! waiting reply, and the largest cost of replay when reservations lived in a growing map)
 //! and keeps up to half its capacity unused. Entries are never removed.
 
-/// Entries per chunk: big enough that the chunk list stays short.
+/// Entries per chunk unless the user says otherwise: big enough that the chunk list of a
+/// table of millions stays short.
 const CHUNK_LEN: usize = 4096;
 
-#[derive(Debug)]
-pub(super) struct Arena<T> {
+/// Chunks of `CHUNK` entries each, allocated whole.
+#[derive(Debug, Clone)]
+pub(super) struct Arena<T, const CHUNK: usize = CHUNK_LEN> {
     chunks: Vec<Vec<T>>,
     len: usize,
 }
 
-impl<T> Default for Arena<T> {
+impl<T, const CHUNK: usize> Default for Arena<T, CHUNK> {
     fn default() -> Self {
         Arena {
             chunks: Vec::new(),
@@ -24,16 +26,16 @@ impl<T> Default for Arena<T> {
     }
 }
 
-impl<T> Arena<T> {
+impl<T, const CHUNK: usize> Arena<T, CHUNK> {
     /// Stores `value` and returns its slot.
     pub(super) fn push(&mut self, value: T) -> u32 {
         let slot = u32::try_from(self.len).expect("fewer than 2^32 entries in memory");
-        if self.chunks.last().is_none_or(|c| c.len() == CHUNK_LEN) {
-            self.chunks.push(Vec::with_capacity(CHUNK_LEN));
+        if self.chunks.last().is_none_or(|c| c.len() == CHUNK) {
+            self.chunks.push(Vec::with_capacity(CHUNK));
         }
         let chunk = self.chunks.last_mut().expect("pushed above");
         chunk.push(value);
-        debug_assert!(chunk.len() <= CHUNK_LEN && chunk.capacity() == CHUNK_LEN);
+        debug_assert!(chunk.len() <= CHUNK && chunk.capacity() == CHUNK);
         self.len += 1;
         slot
     }
@@ -41,12 +43,12 @@ impl<T> Arena<T> {
     /// Panics on a slot never handed out: slots come only from [`Arena::push`].
     pub(super) fn get(&self, slot: u32) -> &T {
         let slot = slot as usize;
-        &self.chunks[slot / CHUNK_LEN][slot % CHUNK_LEN]
+        &self.chunks[slot / CHUNK][slot % CHUNK]
     }
 
     pub(super) fn get_mut(&mut self, slot: u32) -> &mut T {
         let slot = slot as usize;
-        &mut self.chunks[slot / CHUNK_LEN][slot % CHUNK_LEN]
+        &mut self.chunks[slot / CHUNK][slot % CHUNK]
     }
 
     pub(super) fn len(&self) -> usize {
@@ -65,7 +67,7 @@ mod tests {
 
     #[test]
     fn slots_address_what_was_pushed_across_chunks() {
-        let mut arena = Arena::default();
+        let mut arena: Arena<usize> = Arena::default();
         let count = 3 * CHUNK_LEN + 5;
         for i in 0..count {
             assert_eq!(arena.push(i * 2), i as u32);

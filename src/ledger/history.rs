@@ -3,9 +3,10 @@
 //! Why not a `Vec`: a hot product gathers millions of entries, and a doubling vector copies
 //! them all at each doubling into freshly faulted-in memory and keeps up to half its capacity
 //! unused. Here the first `CHUNK_ENTRIES` entries are a small vector that grows as needed
-//! (most products never fill it), and every later entry goes into chunks of `CHUNK_ENTRIES`
-//! allocated whole, which never move.
+//! (most products never fill it), and every later entry goes into an [`Arena`] of chunks of
+//! `CHUNK_ENTRIES`, allocated whole, which never move.
 
+use super::arena::Arena;
 use super::HistoryEntry;
 
 const CHUNK_ENTRIES: usize = 1024;
@@ -15,22 +16,14 @@ const SMALL_ENTRIES: usize = 8;
 #[derive(Debug, Clone, Default)]
 pub(super) struct History {
     head: Vec<HistoryEntry>,
-    /// Full chunks, then the one filling up. Boxed: most products never have one, and a
-    /// catalog of a million products pays 8 bytes each for this field, not 24.
-    #[allow(clippy::box_collection)]
-    tail: Option<Box<Vec<Vec<HistoryEntry>>>>,
+    /// The entries after the head. Boxed: most products never have one, and a catalog of a
+    /// million products pays 8 bytes each for this field, not 32.
+    tail: Option<Box<Arena<HistoryEntry, CHUNK_ENTRIES>>>,
 }
 
 impl History {
     pub(super) fn len(&self) -> usize {
-        match self
-            .tail
-            .as_deref()
-            .and_then(|t| t.last().map(|last| (t.len(), last.len())))
-        {
-            None => self.head.len(),
-            Some((chunks, last)) => CHUNK_ENTRIES * chunks + last,
-        }
+        self.head.len() + self.tail.as_ref().map_or(0, |t| t.len())
     }
 
     pub(super) fn push(&mut self, entry: HistoryEntry) {
@@ -41,25 +34,19 @@ impl History {
             self.head.push(entry);
             return;
         }
-        let tail = self.tail.get_or_insert_with(Box::default);
-        if tail.last().is_none_or(|c| c.len() == CHUNK_ENTRIES) {
-            tail.push(Vec::with_capacity(CHUNK_ENTRIES));
-        }
-        let chunk = tail.last_mut().expect("pushed above");
-        chunk.push(entry);
-        debug_assert!(chunk.len() <= CHUNK_ENTRIES && chunk.capacity() == CHUNK_ENTRIES);
+        self.tail.get_or_insert_with(Box::default).push(entry);
     }
 
     pub(super) fn get(&self, index: usize) -> &HistoryEntry {
         if index < CHUNK_ENTRIES {
             return &self.head[index];
         }
-        let index = index - CHUNK_ENTRIES;
         let tail = self
             .tail
             .as_deref()
             .expect("an index past the head has a tail");
-        &tail[index / CHUNK_ENTRIES][index % CHUNK_ENTRIES]
+        let slot = u32::try_from(index - CHUNK_ENTRIES).expect("fewer than 2^32 entries");
+        tail.get(slot)
     }
 
     pub(super) fn last(&self) -> Option<&HistoryEntry> {

@@ -271,6 +271,9 @@ pub struct ProductOp {
 #[derive(Debug, Default)]
 pub struct Ledger {
     products: products::Products,
+    /// Every product's history entries, in log order; a product keeps their slots
+    /// ([`history::History`] says why).
+    entries: arena::Arena<HistoryEntry>,
     reservations: reservations::Reservations,
     sales: HashMap<Uuid, Sale>,
     product_ops: HashMap<Uuid, ProductOp>,
@@ -378,6 +381,7 @@ impl Ledger {
                         history: history::History::default(),
                     };
                     push(
+                        &mut self.entries,
                         &mut p,
                         at_ms,
                         Action::Create,
@@ -387,7 +391,7 @@ impl Ledger {
                     );
                     self.products.insert(p);
                 } else {
-                    let p = self.product_mut(sku)?;
+                    let p = product_in(&mut self.products, sku)?;
                     if let Some(name) = name {
                         p.name = Some(name.clone());
                     }
@@ -402,7 +406,15 @@ impl Ledger {
                         ));
                     }
                     let reserved = p.reserved;
-                    push(p, at_ms, Action::Set, new_on_hand, reserved, m);
+                    push(
+                        &mut self.entries,
+                        p,
+                        at_ms,
+                        Action::Set,
+                        new_on_hand,
+                        reserved,
+                        m,
+                    );
                 }
                 self.remember_op(at_ms, op_id, sku, "product_put", fingerprint, created);
             }
@@ -426,11 +438,11 @@ impl Ledger {
                 } else {
                     (Action::Return, "return")
                 };
-                let p = self.product_mut(sku)?;
+                let p = product_in(&mut self.products, sku)?;
                 let on_hand = add(p.on_hand, quantity, "on_hand")?;
                 let reserved = p.reserved;
                 let m = meta(reference.as_ref(), note.as_ref(), None, Marker::None, None);
-                push(p, at_ms, action, on_hand, reserved, m);
+                push(&mut self.entries, p, at_ms, action, on_hand, reserved, m);
                 self.remember_op(at_ms, op_id, sku, kind, fingerprint, false);
             }
             Event::Adjusted {
@@ -441,7 +453,7 @@ impl Ledger {
                 ref note,
                 fingerprint,
             } => {
-                let p = self.product_mut(sku)?;
+                let p = product_in(&mut self.products, sku)?;
                 let on_hand = if delta >= 0 {
                     add(p.on_hand, delta.unsigned_abs(), "on_hand")?
                 } else {
@@ -461,7 +473,15 @@ impl Ledger {
                     Marker::Adjusted,
                     Some(reason),
                 );
-                push(p, at_ms, Action::Adjust, on_hand, reserved, m);
+                push(
+                    &mut self.entries,
+                    p,
+                    at_ms,
+                    Action::Adjust,
+                    on_hand,
+                    reserved,
+                    m,
+                );
                 self.remember_op(at_ms, op_id, sku, "adjust", fingerprint, false);
             }
             Event::Sold {
@@ -478,7 +498,15 @@ impl Ledger {
                         return Err(format!("{}: sale takes reserved stock", item.sku));
                     }
                     let reserved = p.reserved;
-                    push(p, at_ms, Action::Sale, on_hand, reserved, m.clone());
+                    push(
+                        &mut self.entries,
+                        p,
+                        at_ms,
+                        Action::Sale,
+                        on_hand,
+                        reserved,
+                        m.clone(),
+                    );
                     kept.push(interned(p, item));
                 }
                 self.sales.insert(
@@ -515,7 +543,15 @@ impl Ledger {
                         ));
                     }
                     let on_hand = p.on_hand;
-                    push(p, at_ms, Action::Reserve, on_hand, reserved, m.clone());
+                    push(
+                        &mut self.entries,
+                        p,
+                        at_ms,
+                        Action::Reserve,
+                        on_hand,
+                        reserved,
+                        m.clone(),
+                    );
                     kept.push(interned(p, item));
                 }
                 self.active += 1;
@@ -584,7 +620,15 @@ impl Ledger {
                             item.sku
                         ));
                     }
-                    push(p, at_ms, Action::Complete, on_hand, reserved, m.clone());
+                    push(
+                        &mut self.entries,
+                        p,
+                        at_ms,
+                        Action::Complete,
+                        on_hand,
+                        reserved,
+                        m.clone(),
+                    );
                 }
                 r.status = ReservationStatus::Completed;
                 r.sold = SmallVec::from_slice(sold);
@@ -619,7 +663,15 @@ impl Ledger {
                     let p = product_in(&mut self.products, &item.sku)?;
                     let reserved = sub(p.reserved, item.quantity, "reserved")?;
                     let on_hand = p.on_hand;
-                    push(p, at_ms, Action::Release, on_hand, reserved, m.clone());
+                    push(
+                        &mut self.entries,
+                        p,
+                        at_ms,
+                        Action::Release,
+                        on_hand,
+                        reserved,
+                        m.clone(),
+                    );
                 }
                 r.status = match reason {
                     ReleaseReason::Expired => ReservationStatus::Expired,
@@ -648,10 +700,6 @@ impl Ledger {
         }
         self.records += 1;
         Ok(())
-    }
-
-    fn product_mut(&mut self, sku: &Sku) -> Result<&mut Product, String> {
-        product_in(&mut self.products, sku)
     }
 
     fn remember_op(
@@ -760,7 +808,7 @@ impl Ledger {
         let mut out = Vec::with_capacity(limit.min(1024));
         let mut next = None;
         for index in (0..end).rev() {
-            let e = p.history.get(index);
+            let e = self.entries.get(p.history.get(index));
             if action.is_some_and(|a| a != e.action) {
                 continue;
             }
@@ -770,7 +818,7 @@ impl Ledger {
             }
             let (on_hand_before, reserved_before) = match index.checked_sub(1) {
                 Some(previous) => {
-                    let previous = p.history.get(previous);
+                    let previous = self.entries.get(p.history.get(previous));
                     (previous.on_hand, previous.reserved)
                 }
                 None => (0, 0),
@@ -909,7 +957,10 @@ impl Ledger {
             }
             // Entries store only the counts after; before is the previous entry's, so the
             // chain holds by construction and only its end needs checking.
-            let last = p.history.last().map_or((0, 0), |e| (e.on_hand, e.reserved));
+            let last = p.history.last().map_or((0, 0), |slot| {
+                let e = self.entries.get(slot);
+                (e.on_hand, e.reserved)
+            });
             if last != (p.on_hand, p.reserved) {
                 return Err(format!("{sku}: history does not end at the current counts"));
             }
@@ -943,8 +994,16 @@ fn interned(p: &Product, item: &Item) -> Item {
     }
 }
 
-fn push(p: &mut Product, at_ms: i64, action: Action, on_hand: u64, reserved: u64, tag: Tag) {
-    p.history.push(HistoryEntry {
+fn push(
+    entries: &mut arena::Arena<HistoryEntry>,
+    p: &mut Product,
+    at_ms: i64,
+    action: Action,
+    on_hand: u64,
+    reserved: u64,
+    tag: Tag,
+) {
+    let slot = entries.push(HistoryEntry {
         at_ms,
         on_hand,
         reserved,
@@ -954,6 +1013,7 @@ fn push(p: &mut Product, at_ms: i64, action: Action, on_hand: u64, reserved: u64
         action,
         marker: tag.marker,
     });
+    p.history.push(slot);
     p.on_hand = on_hand;
     p.reserved = reserved;
     p.updated_at_ms = at_ms;
@@ -1005,7 +1065,89 @@ pub fn home_of(items: &[Item]) -> &Sku {
 
 #[cfg(test)]
 mod tests {
-    use super::PackedText;
+    use super::*;
+
+    fn record(n: u64, op_id: Uuid, event: Event) -> Record {
+        Record {
+            at_ms: 1_763_700_000_000 + n as i64,
+            actor: "anonymous".into(),
+            op_id,
+            event,
+        }
+    }
+
+    #[test]
+    fn each_product_reads_back_its_own_entries_from_the_shared_arena() {
+        // Three products' entries interleave in the ledger's one arena; "A" gets most of them,
+        // so its slots cross from the small head into chunks. Each product must read back
+        // exactly its own entries, in its own order, chained.
+        let skus = ["A", "B", "C"];
+        let mut ledger = Ledger::new();
+        for (n, sku) in skus.iter().enumerate() {
+            let event = Event::ProductPut {
+                sku: Sku::parse(sku).expect("valid"),
+                created: true,
+                name: None,
+                low_stock_threshold: None,
+                on_hand: Some(1_000_000),
+                fingerprint: 0,
+            };
+            ledger
+                .apply(&record(n as u64, Uuid::new_v4(), event))
+                .expect("applies");
+        }
+        let mut made: HashMap<&str, Vec<Uuid>> = HashMap::default();
+        for n in 0..5_000u64 {
+            let sku = skus[[0, 0, 1, 0, 2][n as usize % 5]];
+            let id = Uuid::new_v4();
+            let event = Event::Reserved {
+                items: vec![Item {
+                    sku: Sku::parse(sku).expect("valid"),
+                    quantity: n % 7 + 1,
+                }],
+                expires_at_ms: i64::MAX,
+                session_id: None,
+                user_id: None,
+                reference: None,
+                metadata: None,
+                fingerprint: 0,
+            };
+            ledger.apply(&record(n, id, event)).expect("applies");
+            made.entry(sku).or_default().push(id);
+        }
+        assert!(
+            made["A"].len() > 2 * 1024 + 1,
+            "A's slots fill the head and reach a second chunk"
+        );
+        for sku in skus {
+            let ids = &made[sku];
+            let (entries, next) = ledger
+                .history(sku, None, None, ids.len() + 1)
+                .expect("product exists");
+            assert_eq!(next, None);
+            assert_eq!(
+                entries.len(),
+                ids.len() + 1,
+                "{sku}: create + one per reserve"
+            );
+            // Newest first: the reserves in reverse order of making, then the create.
+            let reserved: Vec<Option<Uuid>> = entries[..ids.len()]
+                .iter()
+                .map(|e| e.reservation_id)
+                .collect();
+            let expected: Vec<Option<Uuid>> = ids.iter().rev().map(|id| Some(*id)).collect();
+            assert_eq!(reserved, expected, "{sku}: its own reservations in order");
+            assert_eq!(entries.last().map(|e| e.action), Some("create"));
+            for pair in entries.windows(2) {
+                assert_eq!(pair[0].seq, pair[1].seq + 1);
+                assert_eq!(pair[0].reserved_before, pair[1].reserved_after);
+                assert_eq!(pair[0].quantity_before, pair[1].quantity_after);
+            }
+            let product = ledger.products.get(sku).expect("exists");
+            assert_eq!(entries[0].reserved_after, product.reserved);
+        }
+        ledger.check_invariants().expect("consistent");
+    }
 
     #[test]
     fn packed_text_keeps_each_field_absent_empty_or_set() {

@@ -25,6 +25,11 @@ pub const LOW_STOCK_THRESHOLD_DEFAULT: u64 = 10;
 pub const PAGE_LIMIT_MAX: usize = 1000;
 pub const PRODUCTS_PAGE_LIMIT_DEFAULT: usize = 100;
 pub const HISTORY_PAGE_LIMIT_DEFAULT: usize = 50;
+/// History entries one page may look at when filtering by action. The scan holds the
+/// ledger's read lock, which the log writer needs between each fsync and its replies; a
+/// product can have millions of entries, and 65,536 take well under a millisecond. A page
+/// that stops here may hold fewer entries than asked for, with `next` to go on from.
+pub const HISTORY_SCAN_ENTRIES_MAX: usize = 65_536;
 /// A single encoded record never exceeds this (checked when writing and when reading).
 pub const RECORD_MAX_BYTES: usize = 1 << 20;
 /// A product passivates with at most this many holds. Reviving it rebuilds them while the

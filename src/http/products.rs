@@ -205,7 +205,9 @@ pub struct HistoryParams {
 #[derive(Serialize, ToSchema)]
 pub struct HistoryPage {
     entries: Vec<HistoryView>,
-    /// Pass as `before` for the next page; null on the last page.
+    /// Pass as `before` for the next page; null on the last page. With `action`, a page
+    /// stops after looking at 65,536 entries, so it can hold fewer than `limit` (or none)
+    /// and still have a `next`.
     next: Option<u64>,
 }
 

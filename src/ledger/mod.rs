@@ -22,7 +22,9 @@ use foldhash::HashMap;
 use smallvec::SmallVec;
 use uuid::Uuid;
 
-use crate::domain::limits::{LOW_STOCK_THRESHOLD_DEFAULT, ON_HAND_MAX, OPERATION_ID_RETENTION_MS};
+use crate::domain::limits::{
+    HISTORY_SCAN_ENTRIES_MAX, LOW_STOCK_THRESHOLD_DEFAULT, ON_HAND_MAX, OPERATION_ID_RETENTION_MS,
+};
 use crate::domain::{classify, Item, ReleaseReason, ReservationStatus, Sku, StockStatus};
 use crate::wal::{Event, Record};
 pub use views::{HistoryView, ItemReport, ProductView, ReservationView, SaleView};
@@ -793,7 +795,9 @@ impl Ledger {
         (out, next)
     }
 
-    /// History newest first, entries with `seq < before`, optionally one action only.
+    /// History newest first, entries with `seq < before`, optionally one action only. Looks
+    /// at most [`HISTORY_SCAN_ENTRIES_MAX`] entries: a filtered page may come back short (even
+    /// empty) with a `next`, and only the last page has none.
     pub fn history(
         &self,
         sku: &str,
@@ -807,7 +811,12 @@ impl Ledger {
         });
         let mut out = Vec::with_capacity(limit.min(1024));
         let mut next = None;
-        for index in (0..end).rev() {
+        for (scanned, index) in (0..end).rev().enumerate() {
+            if scanned == HISTORY_SCAN_ENTRIES_MAX {
+                // Not looked at yet: the next page starts with this entry.
+                next = Some(index as u64 + 2);
+                break;
+            }
             let e = self.entries.get(p.history.get(index));
             if action.is_some_and(|a| a != e.action) {
                 continue;
@@ -1076,6 +1085,41 @@ mod tests {
         }
     }
 
+    fn create(ledger: &mut Ledger, sku: &str) {
+        let event = Event::ProductPut {
+            sku: Sku::parse(sku).expect("valid"),
+            created: true,
+            name: None,
+            low_stock_threshold: None,
+            on_hand: Some(1_000_000),
+            fingerprint: 0,
+        };
+        let n = ledger.records();
+        ledger
+            .apply(&record(n, Uuid::new_v4(), event))
+            .expect("applies");
+    }
+
+    /// Holds `quantity` of `sku` under a new id, which it returns.
+    fn reserve(ledger: &mut Ledger, sku: &str, quantity: u64) -> Uuid {
+        let id = Uuid::new_v4();
+        let event = Event::Reserved {
+            items: vec![Item {
+                sku: Sku::parse(sku).expect("valid"),
+                quantity,
+            }],
+            expires_at_ms: i64::MAX,
+            session_id: None,
+            user_id: None,
+            reference: None,
+            metadata: None,
+            fingerprint: 0,
+        };
+        let n = ledger.records();
+        ledger.apply(&record(n, id, event)).expect("applies");
+        id
+    }
+
     #[test]
     fn each_product_reads_back_its_own_entries_from_the_shared_arena() {
         // Three products' entries interleave in the ledger's one arena; "A" gets most of them,
@@ -1083,36 +1127,13 @@ mod tests {
         // exactly its own entries, in its own order, chained.
         let skus = ["A", "B", "C"];
         let mut ledger = Ledger::new();
-        for (n, sku) in skus.iter().enumerate() {
-            let event = Event::ProductPut {
-                sku: Sku::parse(sku).expect("valid"),
-                created: true,
-                name: None,
-                low_stock_threshold: None,
-                on_hand: Some(1_000_000),
-                fingerprint: 0,
-            };
-            ledger
-                .apply(&record(n as u64, Uuid::new_v4(), event))
-                .expect("applies");
+        for sku in skus {
+            create(&mut ledger, sku);
         }
         let mut made: HashMap<&str, Vec<Uuid>> = HashMap::default();
         for n in 0..5_000u64 {
             let sku = skus[[0, 0, 1, 0, 2][n as usize % 5]];
-            let id = Uuid::new_v4();
-            let event = Event::Reserved {
-                items: vec![Item {
-                    sku: Sku::parse(sku).expect("valid"),
-                    quantity: n % 7 + 1,
-                }],
-                expires_at_ms: i64::MAX,
-                session_id: None,
-                user_id: None,
-                reference: None,
-                metadata: None,
-                fingerprint: 0,
-            };
-            ledger.apply(&record(n, id, event)).expect("applies");
+            let id = reserve(&mut ledger, sku, n % 7 + 1);
             made.entry(sku).or_default().push(id);
         }
         assert!(
@@ -1162,5 +1183,34 @@ mod tests {
             assert_eq!(packed.field(i), field.as_deref(), "field {i}");
         }
         assert!(PackedText::pack([None, None, None, None]).is_none());
+    }
+
+    #[test]
+    fn a_filtered_page_looks_at_a_bounded_number_of_entries_and_says_where_to_go_on() {
+        let mut ledger = Ledger::new();
+        create(&mut ledger, "A");
+        let reserves = HISTORY_SCAN_ENTRIES_MAX + 10;
+        for _ in 0..reserves {
+            reserve(&mut ledger, "A", 1);
+        }
+        // The only `create` is the oldest entry, past what one page may look at.
+        let (first, next) = ledger
+            .history("A", None, Some(Action::Create), 50)
+            .expect("product exists");
+        assert!(first.is_empty());
+        let next = next.expect("a page cut short says where to go on");
+        // Everything newer than `next` was looked at, nothing older.
+        assert_eq!(next, (reserves + 1 - HISTORY_SCAN_ENTRIES_MAX + 1) as u64);
+        let (second, last) = ledger
+            .history("A", Some(next), Some(Action::Create), 50)
+            .expect("product exists");
+        assert_eq!(
+            second.iter().map(|e| (e.seq, e.action)).collect::<Vec<_>>(),
+            [(1, "create")]
+        );
+        assert_eq!(last, None);
+        // Unfiltered pages are bounded by their limit and unaffected.
+        let (page, next) = ledger.history("A", None, None, 1000).expect("exists");
+        assert_eq!((page.len(), next), (1000, Some(page[999].seq)));
     }
 }

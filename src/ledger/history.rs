@@ -16,8 +16,6 @@
 use super::arena::Arena;
 
 const CHUNK_ENTRIES: usize = 1024;
-/// Below this, grow by one entry at a time (most products have one or two).
-const SMALL_ENTRIES: usize = 8;
 
 #[derive(Debug, Clone, Default)]
 pub(super) struct History {
@@ -35,9 +33,6 @@ impl History {
     /// Appends the slot of the product's newest entry.
     pub(super) fn push(&mut self, slot: u32) {
         if self.head.len() < CHUNK_ENTRIES {
-            if self.head.len() == self.head.capacity() && self.head.len() < SMALL_ENTRIES {
-                self.head.reserve_exact(1);
-            }
             self.head.push(slot);
             return;
         }

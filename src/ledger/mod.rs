@@ -817,7 +817,7 @@ impl Ledger {
                 next = Some(index as u64 + 2);
                 break;
             }
-            let e = self.entries.get(p.history.get(index));
+            let e = self.history_entry(p, index);
             if action.is_some_and(|a| a != e.action) {
                 continue;
             }
@@ -827,7 +827,7 @@ impl Ledger {
             }
             let (on_hand_before, reserved_before) = match index.checked_sub(1) {
                 Some(previous) => {
-                    let previous = self.entries.get(p.history.get(previous));
+                    let previous = self.history_entry(p, previous);
                     (previous.on_hand, previous.reserved)
                 }
                 None => (0, 0),
@@ -849,6 +849,11 @@ impl Ledger {
             });
         }
         Some((out, next))
+    }
+
+    /// `p`'s history entry at `index` (`seq - 1`), through the slot the product keeps.
+    fn history_entry(&self, p: &Product, index: usize) -> &HistoryEntry {
+        self.entries.get(p.history.get(index))
     }
 
     pub fn reservation(&self, id: &Uuid) -> Option<&Reservation> {

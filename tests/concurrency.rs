@@ -38,13 +38,43 @@ async fn fire(s: &Server, path: &str, bodies: Vec<Value>) -> Vec<(StatusCode, Va
 /// default is one event-loop thread, which would never run two actors in parallel.
 fn start_parallel(data_dir: &std::path::Path) -> Server {
     let s = try_start_with(data_dir, &["--worker-threads", "4"]).expect("server starts");
-    let workers = std::fs::read_dir(format!("/proc/{}/task", s.pid()))
+    // A new thread names itself once it first runs, which on a busy machine can be after the
+    // server says it is listening: look again for a bounded while before judging.
+    let mut workers = 0;
+    for _ in 0..WORKER_NAME_LOOKS_MAX {
+        workers = runtime_threads(&s);
+        if workers == 4 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(
+        workers,
+        4,
+        "the server runs four runtime threads; its threads: {:?}",
+        thread_names(&s)
+    );
+    s
+}
+
+/// 500 looks, 20 ms apart: ten seconds for the threads to be scheduled at all.
+const WORKER_NAME_LOOKS_MAX: usize = 500;
+
+/// How many of the server's threads carry tokio's worker name (the server spawns no blocking
+/// tasks, which would share it).
+fn runtime_threads(s: &Server) -> usize {
+    thread_names(s)
+        .iter()
+        .filter(|name| *name == "tokio-rt-worker")
+        .count()
+}
+
+fn thread_names(s: &Server) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{}/task", s.pid()))
         .expect("the server's threads")
         .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .filter(|name| name.trim() == "tokio-rt-worker")
-        .count();
-    assert_eq!(workers, 4, "the server runs four runtime threads");
-    s
+        .map(|name| name.trim().to_string())
+        .collect()
 }
 
 /// reserved == sum of the active holds we know of, for every product named.

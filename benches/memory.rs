@@ -75,11 +75,11 @@ fn main() {
         }
     }
     let skus = skus.clamp(1, 5_000_000);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    // The server's own runtime with its default threads: one event loop on this 2-core
+    // machine. (Two workers here, as until 2026-11-21, leave the allocator's per-thread heaps
+    // more to keep; README, Memory.)
+    let (runtime, workers, _) = stockd::server::runtime(0).expect("runtime");
+    println!("runtime: {workers} thread(s), as `stockd serve` would have here");
     let dir = tempfile::tempdir().expect("tempdir");
     // Short idle time so that the catalog passivates during the run, as it would in service.
     let config = EngineConfig {

@@ -78,35 +78,15 @@ fn main() -> ExitCode {
     }
 }
 
-/// Machines with up to this many cores get a single-threaded event loop by default.
-const SINGLE_LOOP_MAX_CORES: usize = 2;
-
 fn serve(config: ServerConfig) -> ExitCode {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let workers = match config.worker_threads {
-        0 if cores <= SINGLE_LOOP_MAX_CORES => 1,
-        0 => cores,
-        n => n,
-    };
-    // One worker: a current-thread runtime, so every connection and actor shares one core's
-    // caches and no task is stolen or woken across cores; the log writer has a thread of its
-    // own anyway. Measured on 2 cores: faster up to a few hundred connections, slower beyond
-    // (README, "Runtime threads").
-    tracing::info!("runtime: {workers} thread(s) on {cores} cores, one being a single event loop (--worker-threads to change)");
-    let mut builder = if workers == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut builder = tokio::runtime::Builder::new_multi_thread();
-        builder.worker_threads(workers);
-        builder
-    };
-    let runtime = match builder.enable_all().build() {
-        Ok(rt) => rt,
+    let (runtime, workers, cores) = match stockd::server::runtime(config.worker_threads) {
+        Ok(built) => built,
         Err(e) => {
             eprintln!("stockd: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
+    tracing::info!("runtime: {workers} thread(s) on {cores} cores, one being a single event loop (--worker-threads to change)");
     match runtime.block_on(stockd::server::serve(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -17,6 +17,32 @@ use crate::engine::Engine;
 /// How long in-flight requests may take to finish after a shutdown signal.
 const DRAIN_TIMEOUT_MS: u64 = 10_000;
 
+/// Machines with up to this many cores get a single-threaded event loop by default.
+const SINGLE_LOOP_MAX_CORES: usize = 2;
+
+/// The async runtime the server runs on, with how many threads it has and how many cores it
+/// saw. `worker_threads` 0 means the default: one thread, a current-thread runtime, on up to
+/// [`SINGLE_LOOP_MAX_CORES`] cores (every connection and actor then shares one core's caches
+/// and no task is stolen or woken across cores; the log writer has a thread of its own
+/// anyway; measured on 2 cores: faster up to a few hundred connections, slower beyond, README
+/// "Runtime threads"), else one per core. Public so that benchmarks run on the same runtime.
+pub fn runtime(worker_threads: usize) -> std::io::Result<(tokio::runtime::Runtime, usize, usize)> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = match worker_threads {
+        0 if cores <= SINGLE_LOOP_MAX_CORES => 1,
+        0 => cores,
+        n => n,
+    };
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(workers);
+        builder
+    };
+    Ok((builder.enable_all().build()?, workers, cores))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error(

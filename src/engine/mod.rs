@@ -210,7 +210,15 @@ impl Engine {
             shared.alarms.clone(),
             Arc::downgrade(&shared),
         ));
-        tokio::spawn(crate::memory::return_freed_memory(Arc::downgrade(&shared)));
+        tokio::spawn(crate::memory::return_freed_memory(
+            Arc::downgrade(&shared),
+            |shared: &Shared| {
+                (
+                    shared.metrics.log_bytes.get(),
+                    shared.metrics.live_actors.get(),
+                )
+            },
+        ));
         let engine = Engine {
             inner: Arc::new(Inner {
                 shared,

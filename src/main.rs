@@ -86,7 +86,7 @@ fn serve(config: ServerConfig) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    tracing::info!("runtime: {workers} thread(s) on {cores} cores, one being a single event loop (--worker-threads to change)");
+    tracing::info!("runtime: {workers} thread(s) on {cores} cores (one thread is a single event loop; --worker-threads to change)");
     match runtime.block_on(stockd::server::serve(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

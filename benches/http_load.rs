@@ -14,6 +14,8 @@
 //! With `--rounds N` every system runs N times, taking turns, and each reports its median round
 //! and the range (this shared machine varies by about ±8% from run to run).
 //!
+//! `STOCKD_BIN=path` runs that stockd binary instead of this build's (to compare two builds).
+//!
 //! `benches/compare.sh` installs and starts Redis and PostgreSQL, then runs this.
 
 use std::io::{BufRead, BufReader, Write};
@@ -148,7 +150,9 @@ impl Drop for Stockd {
 
 fn start_stockd() -> Stockd {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut child = Command::new(STOCKD)
+    // STOCKD_BIN runs another build (to compare two builds with the same load generator).
+    let stockd = std::env::var("STOCKD_BIN").unwrap_or_else(|_| STOCKD.to_string());
+    let mut child = Command::new(stockd)
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path().join("data"))
         .env("RUST_LOG", "warn")

@@ -58,6 +58,17 @@ pub struct ServerConfig {
     /// may still commit.
     #[arg(long, env = "STOCKD_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
     pub request_timeout_ms: u64,
+    /// Client connections open at once; a connection past it is answered 503 with
+    /// Retry-After and closed. The file descriptor limit is raised to fit it where allowed.
+    #[arg(long, env = "STOCKD_MAX_CONNECTIONS", default_value_t = 16_384,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    pub max_connections: usize,
+    /// Time a client has to send a request's head (line and headers), counted from when the
+    /// connection opened or its previous answer was sent; a connection idle this long between
+    /// requests is closed too.
+    #[arg(long, env = "STOCKD_HEADER_READ_TIMEOUT_MS", default_value_t = 30_000,
+          value_parser = clap::builder::RangedU64ValueParser::<u64>::new().range(1..=3_600_000))]
+    pub header_read_timeout_ms: u64,
     /// Async runtime threads. 1 runs one event-loop thread (beside the log writer's own);
     /// 0 picks: one thread on machines of up to 2 cores, one per core above that. At most 1024.
     #[arg(long, env = "STOCKD_WORKER_THREADS", default_value_t = 0,

@@ -73,6 +73,8 @@ pub struct Metrics {
     pub live_actors: Gauge,
     pub passive_products: Gauge,
     pub expiry_alarms: Gauge,
+    pub http_connections: Gauge,
+    pub http_connections_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -99,6 +101,8 @@ impl Metrics {
         let live_actors = Gauge::default();
         let passive_products = Gauge::default();
         let expiry_alarms = Gauge::default();
+        let http_connections = Gauge::default();
+        let http_connections_refused = Counter::default();
         registry.register(
             "http_requests",
             "HTTP requests by method, route and status",
@@ -159,6 +163,16 @@ impl Metrics {
             "Alarms pending to revive passive products when a hold homed there expires",
             expiry_alarms.clone(),
         );
+        registry.register(
+            "http_connections",
+            "Client connections open (refused ones not included)",
+            http_connections.clone(),
+        );
+        registry.register(
+            "http_connections_refused",
+            "Connections answered 503 and closed because --max-connections were open",
+            http_connections_refused.clone(),
+        );
         Metrics {
             registry,
             http_requests,
@@ -173,6 +187,8 @@ impl Metrics {
             live_actors,
             passive_products,
             expiry_alarms,
+            http_connections,
+            http_connections_refused,
         }
     }
 

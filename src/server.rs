@@ -5,7 +5,6 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -129,30 +128,28 @@ pub async fn serve(config: ServerConfig) -> Result<(), ServeError> {
         request_timeout: Duration::from_millis(config.request_timeout_ms),
     };
     let app = crate::http::router(engine.clone(), limits, tokens);
-    let (stop_tx, mut stop_rx) = watch::channel(false);
-    // Small request/response exchanges: without TCP_NODELAY, Nagle's algorithm and delayed
-    // ACKs can hold a response back.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!("cannot set TCP_NODELAY: {e}");
-        }
-    });
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        let _ = stop_rx.wait_for(|stop| *stop).await;
-    });
-    let mut server = std::pin::pin!(std::future::IntoFuture::into_future(server));
+    let connection_limits = crate::http::connections::ConnectionLimits {
+        max_connections: config.max_connections,
+        header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    fit_descriptor_limit(config.max_connections);
+    let server = tokio::spawn(crate::http::connections::serve(
+        listener,
+        app,
+        engine.clone(),
+        connection_limits,
+        stop_rx,
+        Duration::from_millis(DRAIN_TIMEOUT_MS),
+    ));
 
     let fatal = tokio::select! {
-        result = &mut server => { result?; None }
         _ = shutdown_signal() => None,
         m = fatal_rx.wait_for(|m| m.is_some()) => m.ok().and_then(|m| m.clone()),
     };
     tracing::info!("shutting down: draining requests");
     let _ = stop_tx.send(true);
-    if tokio::time::timeout(Duration::from_millis(DRAIN_TIMEOUT_MS), &mut server)
-        .await
-        .is_err()
-    {
+    if !server.await.unwrap_or(false) {
         tracing::warn!("requests still running after {DRAIN_TIMEOUT_MS} ms; stopping anyway");
     }
     if let Some(message) = fatal {
@@ -164,6 +161,42 @@ pub async fn serve(config: ServerConfig) -> Result<(), ServeError> {
         .map_err(|_| ServeError::Fatal("the log could not be flushed at shutdown".into()))?;
     tracing::info!("log flushed; bye");
     Ok(())
+}
+
+/// File descriptors the server needs beside its connections: the listener, log segments, the
+/// runtime's own.
+const SPARE_DESCRIPTORS: u64 = 256;
+
+/// Raises the soft limit on open files to what `max_connections` needs, as far as the hard
+/// limit allows, and says what to do when that is not enough.
+fn fit_descriptor_limit(max_connections: usize) {
+    let wanted = max_connections as u64 + SPARE_DESCRIPTORS;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    if limit.rlim_cur < wanted {
+        let raised = libc::rlimit {
+            rlim_cur: wanted.min(limit.rlim_max),
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit only reads the struct it is given.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit.rlim_cur = raised.rlim_cur;
+        }
+    }
+    if limit.rlim_cur < wanted {
+        tracing::warn!(
+            "--max-connections {max_connections} needs about {wanted} file descriptors, but the \
+             limit is {}: past it new connections fail. Raise the limit (ulimit -n, or \
+             LimitNOFILE= in a systemd unit) or lower --max-connections",
+            limit.rlim_cur
+        );
+    }
 }
 
 async fn shutdown_signal() {

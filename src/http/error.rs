@@ -68,6 +68,17 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", "Not found", detail)
     }
 
+    /// Sent on a connection accepted past `--max-connections`, which is then closed.
+    pub fn too_many_connections() -> ApiError {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "Overloaded",
+            "the server holds as many connections as it allows; retry after the indicated delay, \
+             preferably on a connection kept alive",
+        )
+    }
+
     pub fn overloaded() -> ApiError {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

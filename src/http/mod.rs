@@ -3,6 +3,7 @@
 //! configured). A concurrency limit sheds load with 503 + Retry-After instead of queueing.
 
 pub mod answer;
+pub mod connections;
 pub mod error;
 pub mod extract;
 pub mod products;

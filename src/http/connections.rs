@@ -12,7 +12,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::http::header::CONNECTION;
 use axum::http::HeaderValue;
@@ -35,6 +35,8 @@ const REFUSAL_MAX_MS: u64 = 2_000;
 /// Pause after an accept error that is about the server, not the client (out of file
 /// descriptors, out of memory), so that a persistent one does not spin the loop.
 const ACCEPT_ERROR_PAUSE_MS: u64 = 50;
+/// At most one warning about accept errors in this long, however many there are.
+const ACCEPT_ERROR_WARN_EVERY_MS: u64 = 10_000;
 
 /// Limits on connections.
 #[derive(Clone, Debug)]
@@ -62,6 +64,7 @@ pub async fn serve(
     let open = Arc::new(Semaphore::new(limits.max_connections));
     let refusing = Arc::new(Semaphore::new(REFUSING_MAX));
     let graceful = GracefulShutdown::new();
+    let mut warned_at: Option<Instant> = None;
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -75,10 +78,15 @@ pub async fn serve(
             Ok((stream, _)) => stream,
             Err(e) => {
                 if !is_client_error(&e) {
-                    tracing::warn!(
-                        "cannot accept a connection: {e}; if it says too many open files, raise \
-                         the file descriptor limit (ulimit -n) or lower --max-connections"
-                    );
+                    let every = Duration::from_millis(ACCEPT_ERROR_WARN_EVERY_MS);
+                    if warned_at.is_none_or(|at| at.elapsed() >= every) {
+                        warned_at = Some(Instant::now());
+                        tracing::warn!(
+                            "cannot accept a connection: {e}; if it says too many open files, \
+                             raise the file descriptor limit (ulimit -n) or lower \
+                             --max-connections"
+                        );
+                    }
                     tokio::time::sleep(Duration::from_millis(ACCEPT_ERROR_PAUSE_MS)).await;
                 }
                 continue;
@@ -95,15 +103,15 @@ pub async fn serve(
         };
         let service = TowerToHyperService::new(app.clone());
         let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
-        let metrics_engine = engine.clone();
-        metrics_engine.counters().http_connections.inc();
+        let engine = engine.clone();
+        engine.counters().http_connections.inc();
         tokio::spawn(async move {
             // Errors here are the client's (reset, timed out head, malformed request); hyper
             // has answered what it could.
             if let Err(e) = connection.await {
                 tracing::debug!("connection ended: {e}");
             }
-            metrics_engine.counters().http_connections.dec();
+            engine.counters().http_connections.dec();
             drop(permit);
         });
     }

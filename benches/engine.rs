@@ -35,12 +35,13 @@ fn reserve(sku: String) -> Reserve {
     Reserve::one(&sku, 1, 3600)
 }
 
+/// The server's own runtime with its default threads (one event loop on a machine of up to 2
+/// cores), so that callers and actors are scheduled as they are in `stockd serve`.
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
+    let (runtime, workers, _) = stockd::server::runtime(0).expect("runtime");
+    static SAID: std::sync::Once = std::sync::Once::new();
+    SAID.call_once(|| eprintln!("runtime: {workers} thread(s), as `stockd serve` would have here"));
+    runtime
 }
 
 /// An engine on a fresh directory with `skus` products of ample stock.

@@ -170,7 +170,7 @@ impl Metrics {
         );
         registry.register(
             "http_connections_refused",
-            "Connections answered 503 and closed because --max-connections were open",
+            "Connections refused because --max-connections were open (answered 503 unless 256 refusals were already under way)",
             http_connections_refused.clone(),
         );
         Metrics {

@@ -23,8 +23,18 @@ fn connect(s: &Server) -> TcpStream {
     stream
 }
 
-/// One response: status, lower-cased headers, body (by Content-Length).
+/// One response: status, lower-cased headers, body (by Content-Length) as JSON.
 fn read_response(stream: &mut TcpStream) -> (u16, Vec<(String, String)>, Value) {
+    let (status, headers, body) = read_raw_response(stream);
+    (
+        status,
+        headers,
+        serde_json::from_slice(&body).unwrap_or(Value::Null),
+    )
+}
+
+/// One response: status, lower-cased headers, body bytes (by Content-Length).
+fn read_raw_response(stream: &mut TcpStream) -> (u16, Vec<(String, String)>, Vec<u8>) {
     let mut buf = Vec::new();
     let mut byte = [0u8; 1];
     while !buf.ends_with(b"\r\n\r\n") {
@@ -50,7 +60,6 @@ fn read_response(stream: &mut TcpStream) -> (u16, Vec<(String, String)>, Value) 
         .expect("content-length header");
     let mut body = vec![0u8; length];
     stream.read_exact(&mut body).expect("body");
-    let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
     (status, headers, body)
 }
 
@@ -143,15 +152,10 @@ fn connections_past_the_limit_are_refused_and_the_open_ones_keep_working() {
     assert_eq!(product["reserved"], 0, "{product}");
     assert_eq!(product["available"], 10, "{product}");
     write!(open[1], "GET /metrics HTTP/1.1\r\nHost: stockd\r\n\r\n").unwrap();
-    let mut metrics = Vec::new();
-    let mut chunk = [0u8; 65_536];
-    while !String::from_utf8_lossy(&metrics).contains("stockd_http_connections_refused_total") {
-        let n = open[1].read(&mut chunk).expect("metrics");
-        assert!(n > 0, "connection closed while reading metrics");
-        metrics.extend_from_slice(&chunk[..n]);
-    }
-    let text = String::from_utf8_lossy(&metrics).to_string();
-    let text = &text[text.find("\r\n\r\n").expect("head end") + 4..];
+    let (status, _, metrics) = read_raw_response(&mut open[1]);
+    assert_eq!(status, 200);
+    let text = String::from_utf8(metrics).expect("utf-8 metrics");
+    let text = text.as_str();
     assert!(metric(text, "stockd_http_connections_refused_total") >= 1.0);
     assert_eq!(metric(text, "stockd_http_connections"), 4.0);
 

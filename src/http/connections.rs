@@ -14,8 +14,6 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::http::header::CONNECTION;
-use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use hyper::server::conn::http1;
@@ -129,12 +127,10 @@ fn refuse(stream: TcpStream, refusing: &Arc<Semaphore>, builder: &http1::Builder
         return;
     };
     let service = hyper::service::service_fn(|_request| async {
-        let mut response: Response = ApiError::too_many_connections().into_response();
-        response
-            .headers_mut()
-            .insert(CONNECTION, HeaderValue::from_static("close"));
-        Ok::<_, Infallible>(response)
+        Ok::<Response, Infallible>(ApiError::too_many_connections().into_response())
     });
+    // Without keep-alive hyper closes the connection after the answer and says so in it
+    // (`Connection: close`).
     let mut builder = builder.clone();
     builder.keep_alive(false);
     let connection = builder.serve_connection(TokioIo::new(stream), service);

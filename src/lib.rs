@@ -2,7 +2,8 @@
 //!
 //! Module map, from the inside out:
 //! - [`domain`]: pure types and rules (SKU, limits, stock status, the reservation state machine).
-//! - [`wal`]: the append-only log: record format, framing, segments, the group-commit writer, replay.
+//! - [`wal`]: the append-only log: record format, framing, segments, the group-commit writer, replay,
+//!   and the lock that keeps one server per data directory.
 //! - [`ledger`]: the durable state, applied in log order; every read is served from it.
 //! - [`actor`]: one tokio task per product owning its live counts, holds and expiry timers.
 //! - [`engine`]: the operations (validation, idempotency, multi-item coordination, durability waits).

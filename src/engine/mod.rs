@@ -30,6 +30,7 @@ use crate::ledger::{
     home_of, Action, HistoryView, ItemReport, Ledger, ProductView, ReservationView, SaleView,
 };
 use crate::metrics::Metrics;
+use crate::wal::lock;
 use crate::wal::replay::{self, Mode, ReplayOutcome};
 use crate::wal::storage::{Disk, Storage};
 use crate::wal::{writer::FatalHook, Log, LogConfig, Lsn, WalError};
@@ -127,6 +128,8 @@ impl Engine {
     ) -> Result<(Engine, Startup), WalError> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| WalError::io("cannot create data directory", &config.data_dir, e))?;
+        // Before replay, which may cut a torn tail: another server's live tail is not torn.
+        let dir_lock = lock::lock(&config.data_dir)?;
         let mut ledger = Ledger::new();
         let outcome = replay::replay(&config.data_dir, Mode::Repair, |record, _| {
             ledger.apply(record)
@@ -164,6 +167,7 @@ impl Engine {
                 batch_max_bytes: config.log_batch_max_bytes,
                 storage,
             },
+            dir_lock,
             outcome.last.clone(),
             ledger.clone(),
             metrics.clone(),

@@ -5,6 +5,7 @@
 //! `fdatasync` (group commit). Replay reads the segments back in order at start.
 
 pub mod frame;
+pub mod lock;
 pub mod record;
 pub mod replay;
 pub mod segment;
@@ -35,6 +36,17 @@ pub enum WalError {
         path: PathBuf,
         offset: u64,
         reason: String,
+    },
+    #[error(
+        "data directory {} is in use by another stockd{}: two servers on one log would corrupt \
+         it. Stop the other server first, or give this one its own --data-dir",
+        .dir.display(),
+        .holder.map(|pid| format!(" (pid {pid})")).unwrap_or_default()
+    )]
+    InUse {
+        dir: PathBuf,
+        /// The holder's pid, as it wrote it into the lock file.
+        holder: Option<u32>,
     },
 }
 

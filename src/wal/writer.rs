@@ -22,6 +22,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use tokio::sync::oneshot;
 
 use super::frame::encode_record;
+use super::lock::DirLock;
 use super::record::Record;
 use super::segment;
 use super::storage::{SegmentFile, Storage};
@@ -252,6 +253,7 @@ impl Log {
     /// Starts the writer thread, appending to `last` (from replay) or a new first segment.
     pub fn start(
         config: LogConfig,
+        dir_lock: DirLock,
         last: Option<(u64, PathBuf, u64)>,
         ledger: Arc<RwLock<Ledger>>,
         metrics: Arc<Metrics>,
@@ -296,6 +298,7 @@ impl Log {
             zero_ahead: true,
             ledger,
             metrics,
+            _dir_lock: dir_lock,
         };
         let for_writer = shared.clone();
         std::thread::Builder::new()
@@ -385,6 +388,8 @@ struct Writer {
     zero_ahead: bool,
     ledger: Arc<RwLock<Ledger>>,
     metrics: Arc<Metrics>,
+    /// The data directory stays locked for as long as this thread may write to it.
+    _dir_lock: DirLock,
 }
 
 impl Writer {

@@ -29,7 +29,7 @@ const UNIFORM_SKUS: usize = 10_000;
 
 /// The server's allocator, so the figures are the server's.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: stockd::memory::Allocator = stockd::memory::Allocator;
 
 fn reserve(sku: String) -> Reserve {
     Reserve::one(&sku, 1, 3600)

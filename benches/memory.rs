@@ -15,7 +15,7 @@ use stockd::engine::requests::{PutProduct, Reserve};
 use stockd::engine::Engine;
 
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: stockd::memory::Allocator = stockd::memory::Allocator;
 
 fn rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();

@@ -7,9 +7,9 @@ use clap::{Parser, Subcommand};
 use stockd::config::ServerConfig;
 
 /// mimalloc: measured faster than glibc malloc for this server's many small, short-lived
-/// allocations (see README, Benchmarks).
+/// allocations (see README, Benchmarks), called through [`stockd::memory::Allocator`].
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: stockd::memory::Allocator = stockd::memory::Allocator;
 
 #[derive(Parser)]
 #[command(

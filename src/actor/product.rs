@@ -31,6 +31,11 @@ use super::messages::*;
 use super::registry::{Held, Passive};
 use super::{Shared, SYSTEM_ACTOR};
 use crate::domain::limits::{ON_HAND_MAX, PASSIVE_HOLDS_MAX};
+
+/// Ended reservations dropped per message at most (see `prune_ended`): ~80 µs of map
+/// removals, and each message ends at most one reservation (expiry excepted), so a backlog
+/// shrinks by at least 1,023 a message.
+const PRUNE_ENDED_PER_MESSAGE_MAX: usize = 1024;
 use crate::domain::reservation::{
     decide_cancel, decide_complete, may_expire, CancelDecision, CompleteDecision,
 };
@@ -327,10 +332,18 @@ impl ProductActor {
         true
     }
 
-    /// Drops ended reservations whose end is durable (the ledger has them now).
+    /// Drops ended reservations whose end is durable (the ledger has them now), at most
+    /// [`PRUNE_ENDED_PER_MESSAGE_MAX`] of them: this runs before every message, on the event
+    /// loop every connection shares. Unbounded, the first message after a mass expiry (the
+    /// holds of a flash sale released at start, say) pruned them all at once: 27 ms for
+    /// 331,000, 80 ms for 640,000, with every request of the server waiting. A home kept a
+    /// little longer answers as the ledger would.
     fn prune_ended(&mut self) {
         let durable = self.shared.log.durability().durable_lsn();
-        while let Some(&(lsn, id)) = self.ended.front() {
+        for _ in 0..PRUNE_ENDED_PER_MESSAGE_MAX {
+            let Some(&(lsn, id)) = self.ended.front() else {
+                break;
+            };
             if lsn > durable {
                 break;
             }

@@ -253,8 +253,8 @@ mod tests {
 
     use super::*;
 
-    /// Every block the allocator hands out has the alignment asked for, on both of its paths
-    /// (plain and aligned), through growth and shrinking, and keeps its bytes when moved.
+    /// Every block the allocator hands out has the alignment asked for, on each of its paths
+    /// (small, plain and aligned), through growth and shrinking, and keeps its bytes when moved.
     #[test]
     fn allocator_blocks_have_the_alignment_asked_for_and_keep_their_bytes() {
         let sizes = [

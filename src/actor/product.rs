@@ -30,12 +30,7 @@ use uuid::Uuid;
 use super::messages::*;
 use super::registry::{Held, Passive};
 use super::{Shared, SYSTEM_ACTOR};
-use crate::domain::limits::{ON_HAND_MAX, PASSIVE_HOLDS_MAX};
-
-/// Ended reservations dropped per message at most (see `prune_ended`): ~80 µs of map
-/// removals, and each message ends at most one reservation (expiry excepted), so a backlog
-/// shrinks by at least 1,023 a message.
-const PRUNE_ENDED_PER_MESSAGE_MAX: usize = 1024;
+use crate::domain::limits::{ON_HAND_MAX, PASSIVE_HOLDS_MAX, PRUNE_ENDED_PER_MESSAGE_MAX};
 use crate::domain::reservation::{
     decide_cancel, decide_complete, may_expire, CancelDecision, CompleteDecision,
 };

@@ -36,5 +36,10 @@ pub const RECORD_MAX_BYTES: usize = 1 << 20;
 /// registry entry of that SKU is locked, so the rebuild must stay short; a product with more
 /// holds is hot, and its actor (a few KB) is small next to its holds anyway.
 pub const PASSIVE_HOLDS_MAX: usize = 4096;
+/// Ended reservations a product's actor drops per message at most (it drops them once their
+/// end is durable, before each message, on the event loop every connection shares): ~80 µs of
+/// map removals. Each message ends at most one reservation (expiry excepted), so a backlog
+/// shrinks by at least 1,023 a message.
+pub const PRUNE_ENDED_PER_MESSAGE_MAX: usize = 1024;
 /// Non-reservation operation ids are remembered at least this long for idempotency.
 pub const OPERATION_ID_RETENTION_MS: i64 = 24 * 3600 * 1000;

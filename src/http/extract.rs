@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
 use super::error::ApiError;
+use super::AppState;
 use crate::domain::limits::REQUEST_BODY_MAX_BYTES;
 
 fn too_large() -> ApiError {
@@ -20,15 +21,11 @@ fn too_large() -> ApiError {
     )
 }
 
-/// How long a request body may take to arrive (set by the router for every request).
-#[derive(Clone, Copy)]
-pub struct BodyTimeout(pub std::time::Duration);
-
-async fn read_body(req: Request) -> Result<(bool, bytes::Bytes), ApiError> {
-    let timeout = req
-        .extensions()
-        .get::<BodyTimeout>()
-        .map_or(std::time::Duration::from_secs(10), |t| t.0);
+/// `timeout`: how long the body may take to arrive (the server's request timeout).
+async fn read_body(
+    req: Request,
+    timeout: std::time::Duration,
+) -> Result<(bool, bytes::Bytes), ApiError> {
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
@@ -91,11 +88,11 @@ fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 /// A required JSON body.
 pub struct Json<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
+impl<T: DeserializeOwned> FromRequest<AppState> for Json<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, _: &S) -> Result<Self, ApiError> {
-        let (present, bytes) = read_body(req).await?;
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let (present, bytes) = read_body(req, state.request_timeout).await?;
         if !present {
             return Err(ApiError::invalid("a JSON body is required"));
         }
@@ -106,11 +103,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
 /// A JSON body that may be left out entirely (then `T::default()`).
 pub struct OptionalJson<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJson<T> {
+impl<T: DeserializeOwned + Default> FromRequest<AppState> for OptionalJson<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, _: &S) -> Result<Self, ApiError> {
-        let (present, bytes) = read_body(req).await?;
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let (present, bytes) = read_body(req, state.request_timeout).await?;
         if !present {
             return Ok(OptionalJson(T::default()));
         }

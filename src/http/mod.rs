@@ -18,7 +18,7 @@ use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Router};
+use axum::Router;
 use serde::Serialize;
 use tokio::sync::Semaphore;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -29,7 +29,6 @@ use utoipa_axum::routes;
 use crate::auth::{AuthError, Role, Tokens};
 use crate::engine::Engine;
 use error::{ApiError, Problem};
-use extract::BodyTimeout;
 
 /// Everything a handler needs, behind one `Arc` (each middleware and handler clones it).
 #[derive(Clone)]
@@ -40,6 +39,8 @@ pub struct AppShared {
     in_flight: Arc<Semaphore>,
     tokens: Tokens,
     request_timeout: Duration,
+    /// The OpenAPI document, set once the routes that describe it are built.
+    openapi_json: std::sync::OnceLock<String>,
 }
 
 impl std::ops::Deref for AppState {
@@ -88,6 +89,7 @@ pub fn router(engine: Engine, limits: HttpLimits, tokens: Tokens) -> Router {
         in_flight: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
         tokens,
         request_timeout: limits.request_timeout,
+        openapi_json: std::sync::OnceLock::new(),
     }));
     let protected = OpenApiRouter::new()
         .routes(routes!(products::list))
@@ -114,32 +116,31 @@ pub fn router(engine: Engine, limits: HttpLimits, tokens: Tokens) -> Router {
         .merge(protected)
         .merge(public)
         .split_for_parts();
-    let document = Arc::new(openapi.to_json().unwrap_or_default());
+    // In the state, not an `Extension` layer: that layer put it into every request.
+    let _ = state
+        .openapi_json
+        .set(openapi.to_json().unwrap_or_default());
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(Extension(OpenApiDocument(document)))
         .layer(middleware::from_fn_with_state(state.clone(), shed_load))
         .with_state(state)
 }
 
-#[derive(Clone)]
-struct OpenApiDocument(Arc<String>);
-
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", tag = "operations", security(()),
     responses((status = 200, description = "the OpenAPI 3.1 document", content_type = "application/json")))]
-async fn openapi_json(Extension(document): Extension<OpenApiDocument>) -> Response {
+async fn openapi_json(State(state): State<AppState>) -> Response {
     (
         [(CONTENT_TYPE, "application/json")],
-        document.0.as_str().to_owned(),
+        state.openapi_json.get().cloned().unwrap_or_default(),
     )
         .into_response()
 }
 
 /// At most `max_concurrent_requests` in progress; the rest are refused at once. Reads must
 /// answer within the request timeout; every request body must arrive within it.
-async fn shed_load(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+async fn shed_load(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = std::time::Instant::now();
     let method = request.method().clone();
     let route = request
@@ -149,9 +150,6 @@ async fn shed_load(State(state): State<AppState>, mut request: Request, next: Ne
     let response = match state.in_flight.clone().try_acquire_owned() {
         Err(_) => ApiError::overloaded().into_response(),
         Ok(_permit) => {
-            request
-                .extensions_mut()
-                .insert(BodyTimeout(state.request_timeout));
             let is_read = method == Method::GET || route == "/v1/availability";
             if is_read {
                 tokio::time::timeout(state.request_timeout, next.run(request))

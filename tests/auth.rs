@@ -312,6 +312,38 @@ async fn every_route_for_every_role() {
     );
 }
 
+/// The token is checked before the method: a wrong method on a protected path is refused
+/// like any other request without the right token, and answered 405 only to a caller whose
+/// token would be enough for a write there. Unknown paths stay 404 and public routes public.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_is_checked_before_the_method() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = format!("ops:admin:{ADMIN},shop:checkout:{CHECKOUT},viewer:read:{READ}");
+    let s = try_start_env(&dir.path().join("data"), &[], &[("STOCKD_TOKENS", &tokens)]).unwrap();
+    let (status, body, challenged) = call(&s, Method::DELETE, "/v1/reservations", None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert!(challenged);
+    assert_eq!(body["code"], "unauthorized");
+    let (status, body, _) = call(&s, Method::DELETE, "/v1/reservations", None, Some(READ)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    for token in [CHECKOUT, ADMIN] {
+        let (status, body, _) =
+            call(&s, Method::DELETE, "/v1/reservations", None, Some(token)).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{body}");
+    }
+    let (status, body, _) = call(&s, Method::PATCH, "/metrics", None, Some(WRONG)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let (status, body, _) = call(&s, Method::GET, "/metrics", None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let (status, body, _) = call(&s, Method::GET, "/v1/nothing-here", None, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["code"], "not_found");
+    let (status, body, _) = call(&s, Method::POST, "/healthz", None, None).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{body}");
+    let (status, _, _) = call(&s, Method::GET, "/openapi.json", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
 #[test]
 fn token_file_and_bad_configuration() {
     let dir = tempfile::tempdir().unwrap();

@@ -162,6 +162,10 @@ impl IntoResponse for ApiError {
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
+        // A 401 says how to authenticate (RFC 9110 section 11.6.1).
+        if self.status == StatusCode::UNAUTHORIZED {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         // The body was not (fully) read: the connection cannot carry another request, so say
         // so rather than let a client reuse it and fail.
         if self.status == StatusCode::PAYLOAD_TOO_LARGE

@@ -28,6 +28,7 @@ use utoipa_axum::routes;
 
 use crate::auth::{AuthError, Role, Tokens};
 use crate::engine::Engine;
+use crate::metrics::Route;
 use error::{ApiError, Problem};
 
 /// Everything a handler needs, behind one `Arc` (each middleware and handler clones it).
@@ -149,12 +150,12 @@ async fn front(State(state): State<AppState>, mut request: Request, next: Next) 
     let route = request
         .extensions()
         .get::<MatchedPath>()
-        .map_or("unmatched", |p| crate::metrics::route_label(p.as_str()));
+        .map_or(Route::UNMATCHED, |p| Route::of(p.as_str()));
     let response = match state.in_flight.clone().try_acquire_owned() {
         Err(_) => ApiError::overloaded().into_response(),
-        Ok(_permit) => match authorize(&state, &method, route, &mut request) {
+        Ok(_permit) => match authorize(&state, &method, route.label(), &mut request) {
             Err(refusal) => refusal.into_response(),
-            Ok(()) if method == Method::GET || route == "/v1/availability" => {
+            Ok(()) if method == Method::GET || route.label() == "/v1/availability" => {
                 tokio::time::timeout(state.request_timeout, next.run(request))
                     .await
                     .unwrap_or_else(|_| ApiError::overloaded().into_response())
@@ -163,7 +164,7 @@ async fn front(State(state): State<AppState>, mut request: Request, next: Next) 
         },
     };
     state.engine.counters().observe_request(
-        crate::metrics::method_label(&method),
+        &method,
         route,
         response.status().as_u16(),
         started.elapsed(),

@@ -201,7 +201,7 @@ fn required_role(method: &Method, route: &str) -> Role {
 
 /// Routes anyone may call: the probes and the API's description. Every other route, including
 /// one added later and not yet named in the metrics' route list ("other"), needs a token.
-/// Unmatched paths are answered 404 without one, as before any route is known.
+/// A path no route has is answered 404 without one: there is nothing there to protect.
 const PUBLIC_ROUTES: [&str; 4] = ["/healthz", "/readyz", "/openapi.json", "unmatched"];
 
 /// Authenticates the bearer token and checks its role before the request body is even read;

@@ -234,6 +234,17 @@ impl<V> ShardedMap<V> {
         self.shards[Self::shard(&key)].insert(key, value)
     }
 
+    /// Inserts only a key not there yet (one lookup, not two); `false` if it was there.
+    pub fn try_insert(&mut self, key: Uuid, value: V) -> bool {
+        match self.shards[Self::shard(&key)].entry(key) {
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(value);
+                true
+            }
+            std::collections::hash_map::Entry::Occupied(_) => false,
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.shards.iter().map(|s| s.len()).sum()
     }
@@ -345,6 +356,10 @@ mod tests {
         assert_eq!(map.get(&id(8)), Some(&3));
         assert!(map.contains_key(&id(9_999)) && !map.contains_key(&id(10_000)));
         assert_eq!(map.iter().count(), 10_000);
+        // A key already there is left as it is.
+        assert!(!map.try_insert(id(7), 5) && map.get(&id(7)) == Some(&1));
+        assert!(map.try_insert(id(10_000), 5) && map.get(&id(10_000)) == Some(&5));
+        assert_eq!(map.len(), 10_001);
         // Random ids spread over every shard.
         let mut spread: ShardedMap<()> = ShardedMap::default();
         for _ in 0..10_000 {

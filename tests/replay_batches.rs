@@ -159,3 +159,98 @@ fn damage_in_an_earlier_segment_stops_after_applying_what_precedes_it() {
         "corruption is reported, never cut"
     );
 }
+
+/// A log of one product and `holds` reservations of one unit each, ids 1..=holds, in one
+/// segment, with the records `edit` changes; returns the segment's dir and each frame's offset.
+fn reservations_log(holds: u64, edit: impl Fn(u64, &mut Record)) -> (tempfile::TempDir, Vec<u64>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sku = Sku::parse("HOT").expect("valid sku");
+    let mut bytes = header().to_vec();
+    let mut offsets = Vec::new();
+    let put = Record {
+        at_ms: 0,
+        actor: "test".into(),
+        op_id: Uuid::from_u128(u128::MAX),
+        event: Event::ProductPut {
+            sku: sku.clone(),
+            created: true,
+            name: None,
+            low_stock_threshold: None,
+            on_hand: Some(holds),
+            fingerprint: 0,
+        },
+    };
+    offsets.push(bytes.len() as u64);
+    encode_record(&put, &mut bytes).expect("encode");
+    for n in 1..=holds {
+        let mut record = Record {
+            at_ms: n as i64,
+            actor: "test".into(),
+            op_id: Uuid::from_u128(u128::from(n)),
+            event: Event::Reserved {
+                items: vec![stockd::domain::Item {
+                    sku: sku.clone(),
+                    quantity: 1,
+                }],
+                expires_at_ms: i64::MAX / 2,
+                session_id: None,
+                user_id: None,
+                reference: None,
+                metadata: None,
+                fingerprint: 1,
+            },
+        };
+        edit(n, &mut record);
+        offsets.push(bytes.len() as u64);
+        encode_record(&record, &mut bytes).expect("encode");
+    }
+    std::fs::write(dir.path().join(file_name(1)), bytes).expect("write segment");
+    (dir, offsets)
+}
+
+/// The ledger enters a batch's new reservation ids into its index before applying the batch
+/// (`Ledger::apply_batch`). A log that repeats an id, or completes a reservation before the
+/// record that makes it, must still be refused at that very record, whether the earlier
+/// record is in the same batch or an earlier one, and a sound log must replay whole.
+#[test]
+fn a_reservation_made_twice_or_ended_before_it_is_made_is_refused_at_that_record() {
+    const HOLDS: u64 = 3_000;
+    let (sound, _) = reservations_log(HOLDS, |_, _| {});
+    let summary = stockd::cli::verify(sound.path()).expect("a sound log verifies");
+    assert!(
+        summary.contains(&format!("{} records", HOLDS + 1))
+            && summary.contains(&format!("{HOLDS} active")),
+        "{summary}"
+    );
+
+    // Record n makes reservation `repeats` again: the same batch (replay batches are 1,024
+    // records), or one well before.
+    for (n, repeats) in [(1_500u64, 1_400u64), (2_500, 10), (1_030, 1_025)] {
+        let (dir, offsets) = reservations_log(HOLDS, |i, r| {
+            if i == n {
+                r.op_id = Uuid::from_u128(u128::from(repeats));
+            }
+        });
+        let err = stockd::cli::verify(dir.path()).expect_err("an id made twice");
+        assert!(
+            err.contains(&format!("offset {}", offsets[n as usize])),
+            "{err}"
+        );
+        assert!(err.contains("created twice"), "{err}");
+    }
+
+    // Record 1,600 completes reservation 1,700, made later in the same batch.
+    let (dir, offsets) = reservations_log(HOLDS, |i, r| {
+        if i == 1_600 {
+            r.event = Event::Completed {
+                reservation_id: Uuid::from_u128(1_700),
+                sold: vec![1],
+                reacquired: false,
+                reference: None,
+            };
+        }
+    });
+    let err = stockd::cli::verify(dir.path()).expect_err("an end before the start");
+    assert!(err.contains(&format!("offset {}", offsets[1_600])), "{err}");
+    assert!(err.contains("unknown reservation"), "{err}");
+}

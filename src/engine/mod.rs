@@ -131,8 +131,8 @@ impl Engine {
         // Before replay, which may cut a torn tail: another server's live tail is not torn.
         let dir_lock = lock::lock(&config.data_dir)?;
         let mut ledger = Ledger::new();
-        let outcome = replay::replay(&config.data_dir, Mode::Repair, |record, _| {
-            ledger.apply(record)
+        let outcome = replay::replay_batches(&config.data_dir, Mode::Repair, |records, _| {
+            ledger.apply_batch(records.iter().map(|(record, _)| record))
         })?;
         if let Some(torn) = outcome
             .torn_tail

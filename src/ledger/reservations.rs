@@ -12,6 +12,13 @@
 //! in a 10M-record replay the lookup of a completed reservation's index entry was the single
 //! largest cost (a quarter of applying). The recent table (160 KiB) stays cached. An entry is
 //! only ever a copy of the index's (slots never change), so a miss just asks the index.
+//!
+//! New ids are indexed a batch ahead ([`Reservations::index_ahead`]): the ledger enters the
+//! ids of a batch's reservations in one tight loop before it applies the batch. Each entry
+//! lands in a part of the index long out of the caches; interleaved with the rest of applying,
+//! every one of those misses was waited for alone (two per id: the control bytes and the
+//! entry), while in a loop of nothing else the CPU has several under way at once. A 10M-record
+//! replay took 3.6-4.3 s before, 2.7-3.2 s with it.
 
 use uuid::Uuid;
 
@@ -32,6 +39,9 @@ pub struct Reservations {
     arena: Arena<Reservation>,
     /// Recently inserted (id, slot) pairs, at [`recent_at`] of the id.
     recent: Box<[(Uuid, u32)]>,
+    /// Ids indexed ahead of their reservation: the next this many inserts are already in
+    /// the index, at the slots they will take.
+    indexed_ahead: u32,
 }
 
 impl Default for Reservations {
@@ -40,6 +50,7 @@ impl Default for Reservations {
             index: ShardedMap::default(),
             arena: Arena::default(),
             recent: vec![(Uuid::nil(), NO_SLOT); RECENT_LEN].into_boxed_slice(),
+            indexed_ahead: 0,
         }
     }
 }
@@ -53,26 +64,53 @@ fn recent_at(id: &Uuid) -> usize {
 }
 
 impl Reservations {
-    pub fn contains_key(&self, id: &Uuid) -> bool {
-        self.index.contains_key(id)
+    /// Whether `id` may be inserted next: an id indexed ahead is the next insert's and was
+    /// checked then; any other must be unknown.
+    pub fn is_new(&self, id: &Uuid) -> bool {
+        self.indexed_ahead > 0 || !self.index.contains_key(id)
     }
 
-    /// Adds a reservation not yet known (the caller checked).
+    /// Indexes `id` at the slot of the next insert not yet indexed. `false`, and nothing
+    /// done, if the id is known already (that insert will be refused when it comes). The
+    /// inserts must then come in the same order, before anything else is indexed ahead.
+    pub fn index_ahead(&mut self, id: Uuid) -> bool {
+        let slot = self.arena.len() + self.indexed_ahead as usize;
+        let slot = u32::try_from(slot).expect("fewer than 2^32 reservations in memory");
+        let fresh = self.index.try_insert(id, slot);
+        if fresh {
+            self.indexed_ahead += 1;
+        }
+        fresh
+    }
+
+    /// Ids indexed ahead whose reservation is not in yet: zero between batches.
+    pub fn indexed_ahead(&self) -> u32 {
+        self.indexed_ahead
+    }
+
+    /// Adds a reservation not yet known (the caller checked with [`Reservations::is_new`]).
     pub fn insert(&mut self, id: Uuid, reservation: Reservation) {
         let slot = self.arena.push(reservation);
-        let previous = self.index.insert(id, slot);
-        assert!(previous.is_none(), "reservation {id} inserted twice");
+        if self.indexed_ahead > 0 {
+            self.indexed_ahead -= 1;
+            debug_assert_eq!(self.index.get(&id), Some(&slot), "inserted out of order");
+        } else {
+            let fresh = self.index.try_insert(id, slot);
+            assert!(fresh, "reservation {id} inserted twice");
+        }
         self.recent[recent_at(&id)] = (id, slot);
     }
 
-    /// The slot of `id`: from the recent table if it is there, else from the index.
+    /// The slot of `id`: from the recent table if it is there, else from the index. An id
+    /// indexed ahead but not inserted yet is not there.
     fn slot(&self, id: &Uuid) -> Option<u32> {
         let (recent_id, slot) = self.recent[recent_at(id)];
         if slot != NO_SLOT && recent_id == *id {
             debug_assert_eq!(self.index.get(id), Some(&slot));
             return Some(slot);
         }
-        self.index.get(id).copied()
+        let slot = *self.index.get(id)?;
+        ((slot as usize) < self.arena.len()).then_some(slot)
     }
 
     pub fn get(&self, id: &Uuid) -> Option<&Reservation> {
@@ -85,6 +123,7 @@ impl Reservations {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&Uuid, &Reservation)> + '_ {
+        assert_eq!(self.indexed_ahead, 0, "read between the batches only");
         self.index
             .iter()
             .map(|(id, &slot)| (id, self.arena.get(slot)))
@@ -151,6 +190,36 @@ mod tests {
             );
         }
         assert!(reservations.get(&Uuid::from_u128(u128::MAX)).is_none());
-        assert!(!reservations.contains_key(&Uuid::from_u128(u128::MAX)));
+        assert!(reservations.is_new(&Uuid::from_u128(u128::MAX)));
+        assert!(!reservations.is_new(&ids[0]));
+    }
+
+    #[test]
+    fn ids_indexed_ahead_are_found_only_once_inserted() {
+        let mut reservations = Reservations::default();
+        let known = Uuid::from_u128(1);
+        reservations.insert(known, reservation(1));
+        let ahead: Vec<Uuid> = (10..13).map(Uuid::from_u128).collect();
+        for id in &ahead {
+            assert!(reservations.index_ahead(*id));
+        }
+        // Known already, or indexed ahead already: refused, nothing changes.
+        assert!(!reservations.index_ahead(known));
+        assert!(!reservations.index_ahead(ahead[1]));
+        assert_eq!(reservations.indexed_ahead(), 3);
+        // Not there before its insert, even though the index has it.
+        assert!(reservations.get(&ahead[0]).is_none());
+        for (i, id) in ahead.iter().enumerate() {
+            assert!(reservations.is_new(id));
+            reservations.insert(*id, reservation(20 + i as i64));
+            assert_eq!(
+                reservations.get(id).map(|r| r.created_at_ms),
+                Some(20 + i as i64)
+            );
+        }
+        assert_eq!(reservations.indexed_ahead(), 0);
+        assert!(!reservations.is_new(&ahead[2]));
+        assert_eq!(reservations.iter().count(), 4);
+        assert_eq!(reservations.get(&known).map(|r| r.created_at_ms), Some(1));
     }
 }

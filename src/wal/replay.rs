@@ -101,6 +101,22 @@ pub fn replay(
     mode: Mode,
     mut apply: impl FnMut(&Record, Position<'_>) -> Result<(), String>,
 ) -> Result<ReplayOutcome, WalError> {
+    replay_batches(dir, mode, |records, path| {
+        for (i, &(ref record, offset)) in records.iter().enumerate() {
+            apply(record, Position { path, offset }).map_err(|reason| (i, reason))?;
+        }
+        Ok(())
+    })
+}
+
+/// [`replay`] a batch of records at a time (each with its byte offset in `path`), for the
+/// ledger's [`apply_batch`](crate::ledger::Ledger::apply_batch). `Err((i, reason))` says
+/// the batch's record `i` contradicts the log before it.
+pub fn replay_batches(
+    dir: &Path,
+    mode: Mode,
+    mut apply: impl FnMut(&[(Record, u64)], &Path) -> Result<(), (usize, String)>,
+) -> Result<ReplayOutcome, WalError> {
     let started = std::time::Instant::now();
     let segments = segment::list(dir)?;
     let mut outcome = ReplayOutcome {
@@ -121,18 +137,12 @@ pub fn replay(
                 match read {
                     Read::Records { segment, records } => {
                         let path = &segments[segment].1;
-                        for &(ref record, offset) in &records {
-                            apply(record, Position { path, offset }).map_err(|reason| {
-                                WalError::Corrupt {
-                                    path: path.clone(),
-                                    offset,
-                                    reason: format!(
-                                        "record contradicts the log before it: {reason}"
-                                    ),
-                                }
-                            })?;
-                            outcome.records += 1;
-                        }
+                        apply(&records, path).map_err(|(i, reason)| WalError::Corrupt {
+                            path: path.clone(),
+                            offset: records[i].1,
+                            reason: format!("record contradicts the log before it: {reason}"),
+                        })?;
+                        outcome.records += records.len() as u64;
                         // Full only if the reader has stopped: then the batch is freed here.
                         let _ = spent_tx.try_send(records);
                     }

@@ -428,17 +428,17 @@ impl Writer {
                 {
                     let mut ledger = self.ledger.write();
                     let first_lsn = last_lsn + 1 - count;
-                    for (i, record) in records.drain(..).enumerate() {
-                        if let Err(e) = ledger.apply(&record) {
-                            // The actors decided this change against the same counts: a
-                            // broken invariant.
-                            panic!(
-                                "durable record {} contradicts the ledger: {e}",
-                                first_lsn + i as u64
-                            );
-                        }
+                    if let Err((i, e)) = ledger.apply_batch(&records) {
+                        // The actors decided this change against the same counts: a
+                        // broken invariant.
+                        panic!(
+                            "durable record {} contradicts the ledger: {e}",
+                            first_lsn + i as u64
+                        );
                     }
                 }
+                // Outside the lock: freeing the records holds up no reader.
+                records.clear();
                 bytes.clear();
                 shared.durability.publish(last_lsn, count);
             }

@@ -10,50 +10,64 @@
 //!
 //! Why not a `Vec` for the slots: a hot product gathers millions of entries, and a doubling
 //! vector copies them all at each doubling and keeps up to half its capacity unused. Here the
-//! first `CHUNK_ENTRIES` slots are a small vector that grows as needed (most products never
-//! fill it), and every later slot goes into an [`Arena`] of chunks that never move.
-
-use super::arena::Arena;
+//! slots go in chunks of `CHUNK_ENTRIES` that never move: the one being filled sits in the
+//! product itself (the first grows as needed: most products never fill it), the full ones in a
+//! list beside it. Appending touches only the product and the end of its chunk. (It went
+//! through a boxed arena of chunks before: three more dependent loads per entry, each likely a
+//! cache miss with a thousand busy products; a 10M-record replay is ~4% faster without them.)
 
 const CHUNK_ENTRIES: usize = 1024;
 
 #[derive(Debug, Clone, Default)]
 pub(super) struct History {
-    head: Vec<u32>,
-    /// The slots after the head. Boxed: most products never have one, and a catalog of a
-    /// million products pays 8 bytes each for this field, not 32.
-    tail: Option<Box<Arena<u32, CHUNK_ENTRIES>>>,
+    /// The chunk being filled: slots from `full.len() * CHUNK_ENTRIES` on. Never empty after
+    /// the first push (a full chunk is set aside only when the next slot comes).
+    current: Vec<u32>,
+    /// The full chunks before it, in order. Boxed: most products never fill one, and a
+    /// catalog of a million products pays 8 bytes each for this field, not 24.
+    #[allow(clippy::box_collection)] // the box is the point: see above
+    full: Option<Box<Vec<Box<[u32]>>>>,
 }
 
+// Every product has one, so its size is a catalog's memory: a vector and one pointer.
+const _: () = assert!(std::mem::size_of::<History>() == 32);
+
 impl History {
+    fn full_chunks(&self) -> usize {
+        self.full.as_ref().map_or(0, |f| f.len())
+    }
+
     pub(super) fn len(&self) -> usize {
-        self.head.len() + self.tail.as_ref().map_or(0, |t| t.len())
+        self.full_chunks() * CHUNK_ENTRIES + self.current.len()
     }
 
     /// Appends the slot of the product's newest entry.
     pub(super) fn push(&mut self, slot: u32) {
-        if self.head.len() < CHUNK_ENTRIES {
-            self.head.push(slot);
-            return;
+        if self.current.len() == CHUNK_ENTRIES {
+            let chunk = std::mem::replace(&mut self.current, Vec::with_capacity(CHUNK_ENTRIES));
+            self.full
+                .get_or_insert_with(Box::default)
+                .push(chunk.into_boxed_slice());
         }
-        self.tail.get_or_insert_with(Box::default).push(slot);
+        self.current.push(slot);
+        debug_assert!(self.current.len() <= CHUNK_ENTRIES);
     }
 
-    /// The slot of the entry at `index`.
+    /// The slot of the entry at `index` (< [`History::len`]).
     pub(super) fn get(&self, index: usize) -> u32 {
-        if index < CHUNK_ENTRIES {
-            return self.head[index];
+        let (chunk, at) = (index / CHUNK_ENTRIES, index % CHUNK_ENTRIES);
+        if chunk == self.full_chunks() {
+            return self.current[at];
         }
-        let tail = self
-            .tail
+        let full = self
+            .full
             .as_deref()
-            .expect("an index past the head has a tail");
-        let at = u32::try_from(index - CHUNK_ENTRIES).expect("fewer than 2^32 entries");
-        *tail.get(at)
+            .expect("an index past the current chunk");
+        full[chunk][at]
     }
 
     pub(super) fn last(&self) -> Option<u32> {
-        self.len().checked_sub(1).map(|i| self.get(i))
+        self.current.last().copied()
     }
 }
 

@@ -67,7 +67,15 @@ impl Reservations {
     /// Whether `id` may be inserted next: an id indexed ahead is the next insert's and was
     /// checked then; any other must be unknown.
     pub fn is_new(&self, id: &Uuid) -> bool {
-        self.indexed_ahead > 0 || !self.index.contains_key(id)
+        if self.indexed_ahead > 0 {
+            debug_assert_eq!(
+                self.index.get(id).map(|&slot| slot as usize),
+                Some(self.arena.len()),
+                "the id indexed ahead next is the one inserted next"
+            );
+            return true;
+        }
+        !self.index.contains_key(id)
     }
 
     /// Indexes `id` at the slot of the next insert not yet indexed. `false`, and nothing

@@ -20,7 +20,7 @@ use stockd::engine::Engine;
 use stockd::ledger::Ledger;
 use stockd::wal::frame::{encode_record, read_frame, Frame};
 use stockd::wal::record::decode_payload;
-use stockd::wal::replay::{replay_batches, Mode};
+use stockd::wal::replay::Mode;
 use stockd::wal::segment::{file_name, header};
 use stockd::wal::{Event, Record};
 use uuid::Uuid;
@@ -299,11 +299,7 @@ fn replay_speed(c: &mut Criterion) {
     group.bench_function("1m_records_into_ledger", |b| {
         // The ledger is kept after a real replay: dropping it is not part of the start-up.
         b.iter_with_large_drop(|| {
-            let mut ledger = Ledger::new();
-            let outcome = replay_batches(dir.path(), Mode::ReadOnly, |records, _| {
-                ledger.apply_batch(records.iter().map(|(record, _)| record))
-            })
-            .expect("replay");
+            let (ledger, outcome) = Ledger::replay(dir.path(), Mode::ReadOnly).expect("replay");
             assert_eq!(outcome.records, RECORDS);
             ledger
         })

@@ -8,7 +8,7 @@ use serde_json::json;
 use crate::domain::Sku;
 use crate::ledger::views::rfc3339_ms;
 use crate::ledger::Ledger;
-use crate::wal::replay::{replay, replay_batches, Mode};
+use crate::wal::replay::{replay, Mode};
 use crate::wal::{Event, WalError};
 
 /// Checks every record (checksums, decoding, and that each applies to the state before it),
@@ -17,11 +17,7 @@ pub fn verify(data_dir: &Path) -> Result<String, String> {
     if !data_dir.is_dir() {
         return Err(format!("{} is not a directory", data_dir.display()));
     }
-    let mut ledger = Ledger::new();
-    let outcome = replay_batches(data_dir, Mode::ReadOnly, |records, _| {
-        ledger.apply_batch(records.iter().map(|(record, _)| record))
-    })
-    .map_err(|e| e.to_string())?;
+    let (ledger, outcome) = Ledger::replay(data_dir, Mode::ReadOnly).map_err(|e| e.to_string())?;
     ledger
         .check_invariants()
         .map_err(|e| format!("the log replays to a state that breaks an invariant: {e}"))?;

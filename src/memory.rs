@@ -258,6 +258,89 @@ impl<V> ShardedMap<V> {
     }
 }
 
+/// Collects the entries of a [`ShardedMap`] by shard and builds it in one go: replay's
+/// reservation index. Inserting millions of ids one at a time into a map far out of the
+/// caches waited on two cache misses per id, and the tables it outgrew were copied and
+/// faulted in again. Here each id is appended to its shard's list (a write next to the
+/// previous one), and at the end each shard is built at its final size, in one pass over a
+/// table small enough to stay in the core's cache. 5M random ids, scratch measurement:
+/// 558-720 ms inserted one by one, 107-146 ms appended plus 103-143 ms to build.
+pub struct ShardedMapBuilder<V> {
+    pending: Box<[Vec<(Uuid, V)>]>,
+}
+
+impl<V> Default for ShardedMapBuilder<V> {
+    fn default() -> Self {
+        ShardedMapBuilder {
+            pending: (0..SHARDS).map(|_| Vec::new()).collect(),
+        }
+    }
+}
+
+impl<V: Send> ShardedMapBuilder<V> {
+    pub fn push(&mut self, key: Uuid, value: V) {
+        self.pending[ShardedMap::<V>::shard(&key)].push((key, value));
+    }
+
+    /// The map, with its shards built on two threads (the other half on this one). `Err`
+    /// holds each entry whose key an earlier entry already had, and no map.
+    pub fn build(self) -> Result<ShardedMap<V>, Vec<(Uuid, V)>> {
+        let mut pending = self.pending.into_vec();
+        let later = pending.split_off(pending.len() / 2);
+        let build_all = |lists: Vec<Vec<(Uuid, V)>>| {
+            let mut twice = Vec::new();
+            let shards: Vec<_> = lists
+                .into_iter()
+                .map(|list| {
+                    let mut shard = foldhash::HashMap::with_capacity_and_hasher(
+                        list.len(),
+                        foldhash::fast::RandomState::default(),
+                    );
+                    for (key, value) in list {
+                        match shard.entry(key) {
+                            std::collections::hash_map::Entry::Vacant(slot) => {
+                                slot.insert(value);
+                            }
+                            std::collections::hash_map::Entry::Occupied(_) => {
+                                twice.push((key, value));
+                            }
+                        }
+                    }
+                    shard
+                })
+                .collect();
+            (shards, twice)
+        };
+        let (work_tx, work_rx) = crossbeam_channel::bounded(1);
+        let ((mut shards, mut twice), (later_shards, later_twice)) = std::thread::scope(|scope| {
+            let helper = std::thread::Builder::new()
+                .name("stockd-index-build".into())
+                .spawn_scoped(scope, move || work_rx.recv().map(build_all));
+            let Ok(helper) = helper else {
+                // No second thread to be had: the same work, on this one.
+                return (build_all(pending), build_all(later));
+            };
+            work_tx
+                .send(later)
+                .expect("the helper waits for its half until it has it");
+            let first = build_all(pending);
+            match helper.join() {
+                Ok(second) => (first, second.expect("its half was sent above")),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        });
+        shards.extend(later_shards);
+        twice.extend(later_twice);
+        if !twice.is_empty() {
+            return Err(twice);
+        }
+        assert_eq!(shards.len(), SHARDS, "every shard built");
+        Ok(ShardedMap {
+            shards: shards.into_boxed_slice(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::alloc::{GlobalAlloc, Layout};
@@ -340,6 +423,34 @@ mod tests {
             reported,
             [false, true, false, false, false, true, false, false, false, true]
         );
+    }
+
+    #[test]
+    fn a_built_sharded_map_finds_each_entry_and_names_every_key_given_twice() {
+        let id = |k: u64| Uuid::from_u128(u128::from(k) * 0x9E37_79B9_7F4A_7C15);
+        let mut builder = ShardedMapBuilder::default();
+        for k in 0..20_000u64 {
+            builder.push(id(k), k);
+        }
+        let map = builder.build().expect("no key twice");
+        assert_eq!(map.len(), 20_000);
+        assert!((0..20_000u64).all(|k| map.get(&id(k)) == Some(&k)));
+        assert!(map.get(&id(20_000)).is_none());
+        // Both halves of the shards (built on two threads) report what they find twice.
+        let mut builder = ShardedMapBuilder::default();
+        for k in 0..1_000u64 {
+            builder.push(id(k), k);
+        }
+        let repeated: Vec<u64> = (0..1_000).step_by(97).collect();
+        for &k in &repeated {
+            builder.push(id(k), 5_000 + k);
+        }
+        let mut twice = builder.build().expect_err("keys given twice");
+        twice.sort_by_key(|&(_, v)| v);
+        let expected: Vec<(Uuid, u64)> = repeated.iter().map(|&k| (id(k), 5_000 + k)).collect();
+        assert_eq!(twice, expected);
+        let halves = |key: &Uuid| ShardedMap::<u64>::shard(key) < SHARDS / 2;
+        assert!(twice.iter().any(|(k, _)| halves(k)) && twice.iter().any(|(k, _)| !halves(k)));
     }
 
     #[test]

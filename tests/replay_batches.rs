@@ -253,4 +253,36 @@ fn a_reservation_made_twice_or_ended_before_it_is_made_is_refused_at_that_record
     let err = stockd::cli::verify(dir.path()).expect_err("an end before the start");
     assert!(err.contains(&format!("offset {}", offsets[1_600])), "{err}");
     assert!(err.contains("unknown reservation"), "{err}");
+
+    // Record 1,000 completes reservation 10; then record `n` makes id 10 again (found only
+    // once the whole log is read: replay no longer follows an ended reservation), or
+    // completes it a second time.
+    let complete_10 = Event::Completed {
+        reservation_id: Uuid::from_u128(10),
+        sold: vec![1],
+        reacquired: false,
+        reference: None,
+    };
+    for (n, again, expected) in [
+        (2_000u64, None, "created twice"),
+        (1_001, None, "created twice"),
+        (1_500, Some(complete_10.clone()), "unknown reservation"),
+    ] {
+        let (dir, offsets) = reservations_log(HOLDS, |i, r| {
+            if i == 1_000 {
+                r.event = complete_10.clone();
+            } else if i == n {
+                match &again {
+                    Some(event) => r.event = event.clone(),
+                    None => r.op_id = Uuid::from_u128(10),
+                }
+            }
+        });
+        let err = stockd::cli::verify(dir.path()).expect_err("a reservation made or ended twice");
+        assert!(
+            err.contains(&format!("offset {}", offsets[n as usize])),
+            "record {n}: {err}"
+        );
+        assert!(err.contains(expected), "record {n}: {err}");
+    }
 }

@@ -130,10 +130,7 @@ impl Engine {
             .map_err(|e| WalError::io("cannot create data directory", &config.data_dir, e))?;
         // Before replay, which may cut a torn tail: another server's live tail is not torn.
         let dir_lock = lock::lock(&config.data_dir)?;
-        let mut ledger = Ledger::new();
-        let outcome = replay::replay_batches(&config.data_dir, Mode::Repair, |records, _| {
-            ledger.apply_batch(records.iter().map(|(record, _)| record))
-        })?;
+        let (mut ledger, outcome) = Ledger::replay(&config.data_dir, Mode::Repair)?;
         if let Some(torn) = outcome
             .torn_tail
             .as_ref()

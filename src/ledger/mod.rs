@@ -14,6 +14,7 @@ mod reservations;
 pub mod views;
 
 use std::collections::VecDeque;
+use std::path::Path;
 use std::sync::Arc;
 
 // foldhash, seeded per process: several times faster than SipHash on these small keys, and
@@ -26,7 +27,9 @@ use crate::domain::limits::{
     HISTORY_SCAN_ENTRIES_MAX, LOW_STOCK_THRESHOLD_DEFAULT, ON_HAND_MAX, OPERATION_ID_RETENTION_MS,
 };
 use crate::domain::{classify, Item, ReleaseReason, ReservationStatus, Sku, StockStatus};
-use crate::wal::{Event, Record};
+use crate::wal::replay::{replay_batches, Mode, ReplayOutcome};
+use crate::wal::{Event, Record, WalError};
+use reservations::{Located, MadeTwice, ReplayIndex};
 pub use views::{HistoryView, ItemReport, ProductView, ReservationView, SaleView};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -363,6 +366,38 @@ impl Ledger {
     /// thread, where mimalloc frees locally; freeing another thread's blocks was 8% of the
     /// applying thread's time.
     pub fn apply(&mut self, record: &Record) -> Result<(), String> {
+        self.apply_located(record, None)
+    }
+
+    /// Replays the log in `dir` into a new ledger. The reading thread works out where each
+    /// reservation goes as it decodes ([`reservations::ReplayIndex`] says why) and gives each
+    /// record its reservation's slot; this thread applies the records in order.
+    pub fn replay(dir: &Path, mode: Mode) -> Result<(Ledger, ReplayOutcome), WalError> {
+        let mut ledger = Ledger::new();
+        let mut index = ReplayIndex::default();
+        let outcome = replay_batches(
+            dir,
+            mode,
+            &mut |record| index.locate(record),
+            |records, located, _| {
+                for (i, ((record, _), &located)) in records.iter().zip(located).enumerate() {
+                    ledger
+                        .apply_located(record, Some(located))
+                        .map_err(|reason| (i, reason))?;
+                }
+                Ok(())
+            },
+        )?;
+        match index.finish() {
+            Ok((index, made)) => ledger.reservations.adopt(index, made),
+            Err(twice) => return Err(made_twice_at(dir, twice)),
+        }
+        Ok((ledger, outcome))
+    }
+
+    /// [`Ledger::apply`], finding the record's reservation at the slot replay's index gave
+    /// when `located` is set, else in the ledger's own index.
+    fn apply_located(&mut self, record: &Record, located: Option<Located>) -> Result<(), String> {
         let Record {
             at_ms,
             ref actor,
@@ -563,9 +598,12 @@ impl Ledger {
                 ref metadata,
                 fingerprint,
             } => {
-                if !self.reservations.is_new(&op_id) {
-                    return Err(format!("reservation {op_id} created twice"));
-                }
+                let twice = || format!("reservation {op_id} created twice");
+                let slot = match located {
+                    Some(located) => Some(located.slot().ok_or_else(twice)?),
+                    None if self.reservations.is_new(&op_id) => None,
+                    None => return Err(twice()),
+                };
                 let m = meta(reference.as_ref(), None, Some(op_id), Marker::None, None);
                 let mut kept: SmallVec<[Item; 1]> = SmallVec::with_capacity(items.len());
                 for item in items {
@@ -593,20 +631,21 @@ impl Ledger {
                 let text = PackedText::pack(
                     [session_id, user_id, reference, metadata].map(Option::as_deref),
                 );
-                self.reservations.insert(
-                    op_id,
-                    Reservation {
-                        items: kept,
-                        status: ReservationStatus::Active,
-                        reacquired: false,
-                        fingerprint,
-                        created_at_ms: at_ms,
-                        expires_at_ms,
-                        original_expires_at_ms: expires_at_ms,
-                        sold: SmallVec::new(),
-                        text,
-                    },
-                );
+                let reservation = Reservation {
+                    items: kept,
+                    status: ReservationStatus::Active,
+                    reacquired: false,
+                    fingerprint,
+                    created_at_ms: at_ms,
+                    expires_at_ms,
+                    original_expires_at_ms: expires_at_ms,
+                    sold: SmallVec::new(),
+                    text,
+                };
+                match slot {
+                    Some(slot) => self.reservations.insert_located(slot, reservation),
+                    None => self.reservations.insert(op_id, reservation),
+                }
             }
             Event::Completed {
                 reservation_id,
@@ -616,8 +655,8 @@ impl Ledger {
             } => {
                 let r = self
                     .reservations
-                    .get_mut(&reservation_id)
-                    .ok_or_else(|| format!("completion of unknown reservation {reservation_id}"))?;
+                    .find_mut(&reservation_id, located)
+                    .ok_or_else(|| unknown("completion", &reservation_id, located))?;
                 let expected = if reacquired {
                     ReservationStatus::Expired
                 } else {
@@ -679,8 +718,8 @@ impl Ledger {
             } => {
                 let r = self
                     .reservations
-                    .get_mut(&reservation_id)
-                    .ok_or_else(|| format!("release of unknown reservation {reservation_id}"))?;
+                    .find_mut(&reservation_id, located)
+                    .ok_or_else(|| unknown("release", &reservation_id, located))?;
                 if r.status != ReservationStatus::Active {
                     return Err(format!(
                         "release of reservation {reservation_id} in state {:?}",
@@ -722,8 +761,8 @@ impl Ledger {
             } => {
                 let r = self
                     .reservations
-                    .get_mut(&reservation_id)
-                    .ok_or_else(|| format!("extension of unknown reservation {reservation_id}"))?;
+                    .find_mut(&reservation_id, located)
+                    .ok_or_else(|| unknown("extension", &reservation_id, located))?;
                 if r.status != ReservationStatus::Active {
                     return Err(format!(
                         "extension of reservation {reservation_id} in state {:?}",
@@ -1013,6 +1052,44 @@ impl Ledger {
             }
         }
         Ok(())
+    }
+}
+
+/// Why a record that names a reservation cannot be applied when the reservation is not to be
+/// found. Replay's index ([`reservations::ReplayIndex`]) keeps only the reservations that a
+/// later record may still name, so there "unknown" also covers one that has ended.
+fn unknown(what: &str, id: &Uuid, located: Option<Located>) -> String {
+    match located {
+        None => format!("{what} of unknown reservation {id}"),
+        Some(_) => format!("{what} of unknown reservation {id} (never made, or ended before)"),
+    }
+}
+
+/// The corruption error for an id made twice that replay found only once the log was read
+/// (its first reservation had ended by then, so nothing before had noticed): the log is read
+/// again, up to the record that made reservation number `slot`. Only a log that contradicts
+/// itself gets here.
+fn made_twice_at(dir: &Path, twice: MadeTwice) -> WalError {
+    let mut made = 0u32;
+    let read = crate::wal::replay::replay(dir, Mode::ReadOnly, |record, _| {
+        if let Event::Reserved { .. } = record.event {
+            if made == twice.slot {
+                return Err(format!("reservation {} created twice", twice.id));
+            }
+            made += 1;
+        }
+        Ok(())
+    });
+    match read {
+        Err(e) => e,
+        Ok(_) => WalError::Corrupt {
+            path: dir.to_path_buf(),
+            offset: 0,
+            reason: format!(
+                "reservation {} created twice, but a second reading did not find it: the log changed while it was read",
+                twice.id
+            ),
+        },
     }
 }
 

@@ -326,7 +326,8 @@ impl Ledger {
         self.records
     }
 
-    /// Applies durable records in log order: the log writer's batch, or one of replay's.
+    /// Applies durable records in log order: the log writer's batch (replay has its own
+    /// way to the index, [`Ledger::replay`]).
     /// `Err` gives the index of the record that contradicts the log before it, as
     /// [`Ledger::apply`] does; the ledger is then not to be used again.
     ///

@@ -236,13 +236,7 @@ impl<V> ShardedMap<V> {
 
     /// Inserts only a key not there yet (one lookup, not two); `false` if it was there.
     pub fn try_insert(&mut self, key: Uuid, value: V) -> bool {
-        match self.shards[Self::shard(&key)].entry(key) {
-            std::collections::hash_map::Entry::Vacant(slot) => {
-                slot.insert(value);
-                true
-            }
-            std::collections::hash_map::Entry::Occupied(_) => false,
-        }
+        insert_new(&mut self.shards[Self::shard(&key)], key, value).is_none()
     }
 
     pub fn len(&self) -> usize {
@@ -255,6 +249,17 @@ impl<V> ShardedMap<V> {
 
     pub fn iter(&self) -> impl Iterator<Item = (&Uuid, &V)> + '_ {
         self.shards.iter().flatten()
+    }
+}
+
+/// Inserts `key` into one shard only if it is not there yet; gives the entry back if it was.
+fn insert_new<V>(shard: &mut foldhash::HashMap<Uuid, V>, key: Uuid, value: V) -> Option<(Uuid, V)> {
+    match shard.entry(key) {
+        std::collections::hash_map::Entry::Vacant(slot) => {
+            slot.insert(value);
+            None
+        }
+        std::collections::hash_map::Entry::Occupied(_) => Some((key, value)),
     }
 }
 
@@ -297,14 +302,7 @@ impl<V: Send> ShardedMapBuilder<V> {
                         foldhash::fast::RandomState::default(),
                     );
                     for (key, value) in list {
-                        match shard.entry(key) {
-                            std::collections::hash_map::Entry::Vacant(slot) => {
-                                slot.insert(value);
-                            }
-                            std::collections::hash_map::Entry::Occupied(_) => {
-                                twice.push((key, value));
-                            }
-                        }
+                        twice.extend(insert_new(&mut shard, key, value));
                     }
                     shard
                 })

@@ -195,7 +195,7 @@ fn sample_record(i: u64, id: Uuid) -> Record {
         actor: "checkout".into(),
         op_id: id,
         event: Event::Reserved {
-            items: vec![Item {
+            items: smallvec::smallvec![Item {
                 sku: Sku::parse(&format!("SKU-{:05}", i % 1000)).expect("sku"),
                 quantity: 1,
             }],
@@ -272,7 +272,7 @@ fn write_log(dir: &std::path::Path, records: u64) {
                     op_id: Uuid::new_v4(),
                     event: Event::Completed {
                         reservation_id: held,
-                        sold: vec![1],
+                        sold: smallvec::smallvec![1],
                         reacquired: false,
                         reference: None,
                     },

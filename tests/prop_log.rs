@@ -75,7 +75,7 @@ fn event() -> impl Strategy<Value = Event> {
             ),
         (items(), any::<i64>(), text(), text(), text(), any::<u32>()).prop_map(
             |(items, expires_at_ms, session_id, user_id, metadata, fingerprint)| Event::Reserved {
-                items,
+                items: items.into(),
                 expires_at_ms,
                 session_id,
                 user_id,
@@ -85,7 +85,7 @@ fn event() -> impl Strategy<Value = Event> {
             }
         ),
         (items(), text(), any::<u32>()).prop_map(|(items, reference, fingerprint)| Event::Sold {
-            items,
+            items: items.into(),
             reference,
             fingerprint
         }),
@@ -96,7 +96,7 @@ fn event() -> impl Strategy<Value = Event> {
         )
             .prop_map(|(id, sold, reacquired)| Event::Completed {
                 reservation_id: Uuid::from_u128(id),
-                sold,
+                sold: sold.into(),
                 reacquired,
                 reference: None
             }),
@@ -125,7 +125,7 @@ fn record() -> impl Strategy<Value = Record> {
     (any::<i64>(), "[a-z]{1,12}", any::<u128>(), event()).prop_map(|(at_ms, actor, id, event)| {
         Record {
             at_ms,
-            actor,
+            actor: actor.into(),
             op_id: Uuid::from_u128(id),
             event,
         }

@@ -188,7 +188,7 @@ fn reservations_log(holds: u64, edit: impl Fn(u64, &mut Record)) -> (tempfile::T
             actor: "test".into(),
             op_id: Uuid::from_u128(u128::from(n)),
             event: Event::Reserved {
-                items: vec![stockd::domain::Item {
+                items: smallvec::smallvec![stockd::domain::Item {
                     sku: sku.clone(),
                     quantity: 1,
                 }],
@@ -244,7 +244,7 @@ fn a_reservation_made_twice_or_ended_before_it_is_made_is_refused_at_that_record
         if i == 1_600 {
             r.event = Event::Completed {
                 reservation_id: Uuid::from_u128(1_700),
-                sold: vec![1],
+                sold: smallvec::smallvec![1],
                 reacquired: false,
                 reference: None,
             };
@@ -259,7 +259,7 @@ fn a_reservation_made_twice_or_ended_before_it_is_made_is_refused_at_that_record
     // completes it a second time.
     let complete_10 = Event::Completed {
         reservation_id: Uuid::from_u128(10),
-        sold: vec![1],
+        sold: smallvec::smallvec![1],
         reacquired: false,
         reference: None,
     };

@@ -1,5 +1,6 @@
 //! What flows into a product actor, and what comes back.
 
+use smol_str::SmolStr;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
@@ -10,7 +11,7 @@ use crate::wal::Lsn;
 #[derive(Clone, Debug)]
 pub struct OpCtx {
     pub op_id: Uuid,
-    pub actor: String,
+    pub actor: SmolStr,
     pub fingerprint: u32,
 }
 
@@ -179,7 +180,7 @@ pub struct TentativeMsg {
 #[derive(Debug)]
 pub struct CompleteMsg {
     pub id: Uuid,
-    pub actor: String,
+    pub actor: SmolStr,
     /// Partial completion: units to sell per SKU (validated against the hold here).
     pub items: Option<Vec<Item>>,
     pub reference: Option<String>,
@@ -189,7 +190,7 @@ pub struct CompleteMsg {
 #[derive(Debug)]
 pub struct CancelMsg {
     pub id: Uuid,
-    pub actor: String,
+    pub actor: SmolStr,
     pub note: Option<String>,
     pub reply: Reply,
 }
@@ -197,7 +198,7 @@ pub struct CancelMsg {
 #[derive(Debug)]
 pub struct ExtendMsg {
     pub id: Uuid,
-    pub actor: String,
+    pub actor: SmolStr,
     pub ttl_ms: u64,
     pub reply: Reply,
 }
@@ -205,7 +206,7 @@ pub struct ExtendMsg {
 #[derive(Debug)]
 pub struct ReacquireMsg {
     pub id: Uuid,
-    pub actor: String,
+    pub actor: SmolStr,
     pub sold: Vec<u64>,
     pub reference: Option<String>,
     pub reply: Reply,

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use smallvec::SmallVec;
+use smol_str::SmolStr;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -437,7 +438,7 @@ impl ProductActor {
         );
     }
 
-    fn append(&mut self, op_id: Uuid, actor: String, event: Event) -> Result<Lsn, Refusal> {
+    fn append(&mut self, op_id: Uuid, actor: SmolStr, event: Event) -> Result<Lsn, Refusal> {
         let at_ms = self.shared.clock.now_ms();
         self.append_at(op_id, actor, at_ms, event)
     }
@@ -447,7 +448,7 @@ impl ProductActor {
     fn append_at(
         &mut self,
         op_id: Uuid,
-        actor: String,
+        actor: SmolStr,
         at_ms: i64,
         event: Event,
     ) -> Result<Lsn, Refusal> {
@@ -732,7 +733,7 @@ impl ProductActor {
         match m.kind {
             FinishKind::Sell => {
                 let event = Event::Sold {
-                    items: m.items,
+                    items: SmallVec::from_vec(m.items),
                     reference: m.reference,
                     fingerprint: m.op.fingerprint,
                 };
@@ -751,8 +752,10 @@ impl ProductActor {
             } => {
                 let now_ms = self.shared.clock.now_ms();
                 let deadline = self.shared.clock.now() + Duration::from_millis(ttl_ms);
+                // One item (most holds) is inline: the copy for the log allocates nothing.
+                let items: SmallVec<[Item; 1]> = SmallVec::from_vec(m.items);
                 let event = Event::Reserved {
-                    items: m.items.clone(),
+                    items: items.clone(),
                     expires_at_ms: now_ms + ttl_ms as i64,
                     session_id,
                     user_id,
@@ -766,7 +769,7 @@ impl ProductActor {
                     self.homes.insert(
                         id,
                         Home {
-                            items: SmallVec::from_vec(m.items),
+                            items,
                             status: ReservationStatus::Active,
                             deadline,
                             end_lsn: 0,
@@ -944,7 +947,7 @@ impl ProductActor {
                 let items = home.items.clone();
                 let event = Event::Completed {
                     reservation_id: m.id,
-                    sold: sold.clone(),
+                    sold: SmallVec::from_slice(&sold),
                     reacquired: false,
                     reference: m.reference,
                 };
@@ -988,7 +991,7 @@ impl ProductActor {
     fn release(
         &mut self,
         id: Uuid,
-        actor: String,
+        actor: SmolStr,
         reason: ReleaseReason,
         note: Option<String>,
     ) -> Result<Lsn, Refusal> {
@@ -1098,7 +1101,7 @@ impl ProductActor {
         }
         let event = Event::Completed {
             reservation_id: m.id,
-            sold: m.sold,
+            sold: SmallVec::from_vec(m.sold),
             reacquired: true,
             reference: m.reference,
         };
@@ -1131,7 +1134,12 @@ impl ProductActor {
             if !may_expire(home.status) || home.deadline != deadline {
                 continue;
             }
-            match self.release(id, SYSTEM_ACTOR.to_string(), ReleaseReason::Expired, None) {
+            match self.release(
+                id,
+                SmolStr::new_static(SYSTEM_ACTOR),
+                ReleaseReason::Expired,
+                None,
+            ) {
                 Ok(_) => {}
                 Err(Refusal::Overloaded) => {
                     // The log queue is full: try again shortly rather than drop the expiry.

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 use parking_lot::RwLock;
+use smol_str::SmolStr;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
@@ -462,7 +463,7 @@ impl Engine {
         let repeatable = id.is_some();
         let op = OpCtx {
             op_id,
-            actor: actor.to_string(),
+            actor: SmolStr::new(actor),
             fingerprint: fp,
         };
         let engine = self.clone();
@@ -789,7 +790,7 @@ impl Engine {
         };
         let op = OpCtx {
             op_id,
-            actor: actor.to_string(),
+            actor: SmolStr::new(actor),
             fingerprint: fp,
         };
         let kind = FinishKind::Reserve {
@@ -857,7 +858,7 @@ impl Engine {
         };
         let op = OpCtx {
             op_id,
-            actor: actor.to_string(),
+            actor: SmolStr::new(actor),
             fingerprint: fp,
         };
         let engine = self.clone();
@@ -904,7 +905,7 @@ impl Engine {
         requests::check_text("reference", &req.reference)?;
         let (home, items) = self.home_actor(&id)?;
         let engine = self.clone();
-        let actor = actor.to_string();
+        let actor = SmolStr::new(actor);
         Self::detached(async move {
             let reference = req.reference.clone();
             let answer = engine
@@ -938,7 +939,7 @@ impl Engine {
     async fn reacquire(
         &self,
         id: Uuid,
-        actor: String,
+        actor: SmolStr,
         home_sku: &Sku,
         items: Vec<Item>,
         sold: Vec<u64>,
@@ -1002,7 +1003,7 @@ impl Engine {
         req: requests::Cancel,
     ) -> Result<ReservationView, EngineError> {
         requests::check_text("reason", &req.reason)?;
-        let actor = actor.to_string();
+        let actor = SmolStr::new(actor);
         self.decide_at_home(id, move |reply| {
             Msg::Cancel(Box::new(CancelMsg {
                 id,
@@ -1022,7 +1023,7 @@ impl Engine {
         req: requests::Extend,
     ) -> Result<ReservationView, EngineError> {
         requests::check_ttl(req.ttl_seconds)?;
-        let actor = actor.to_string();
+        let actor = SmolStr::new(actor);
         self.decide_at_home(id, move |reply| {
             Msg::Extend(Box::new(ExtendMsg {
                 id,

@@ -1220,7 +1220,7 @@ mod tests {
     fn reserve(ledger: &mut Ledger, sku: &str, quantity: u64) -> Uuid {
         let id = Uuid::new_v4();
         let event = Event::Reserved {
-            items: vec![Item {
+            items: smallvec::smallvec![Item {
                 sku: Sku::parse(sku).expect("valid"),
                 quantity,
             }],

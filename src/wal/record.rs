@@ -5,9 +5,15 @@
 //! the end of [`Event`] and fields are never reordered, so old logs keep decoding.
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
+use smol_str::SmolStr;
 use uuid::Uuid;
 
 use crate::domain::{Item, ReleaseReason, Sku};
+
+/// A record's items. Most operations name one SKU: kept inline, so decoding a record in
+/// replay does not allocate for its list (written exactly like a `Vec`).
+pub type Items = SmallVec<[Item; 1]>;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Envelope {
@@ -19,8 +25,9 @@ pub struct Record {
     /// Wall-clock UTC, milliseconds since the Unix epoch.
     pub at_ms: i64,
     /// Name of the token that asked for the change (`anonymous` without auth, `stockd` for
-    /// the server's own decisions such as expiry).
-    pub actor: String,
+    /// the server's own decisions such as expiry). Inline up to 23 bytes, as names usually
+    /// are: neither a request nor a decoded record allocates for it (written as a string).
+    pub actor: SmolStr,
     /// The operation id: the client's `id` when given, else generated. For a reservation or
     /// a sale it is also the reservation's / sale's id.
     pub op_id: Uuid,
@@ -62,13 +69,13 @@ pub enum Event {
     },
     /// A direct sale; the sale id is the record's `op_id`.
     Sold {
-        items: Vec<Item>,
+        items: Items,
         reference: Option<String>,
         fingerprint: u32,
     },
     /// A new hold; the reservation id is the record's `op_id`.
     Reserved {
-        items: Vec<Item>,
+        items: Items,
         expires_at_ms: i64,
         session_id: Option<String>,
         user_id: Option<String>,
@@ -81,7 +88,7 @@ pub enum Event {
     /// released. `reacquired`: the hold had expired and the stock was taken again.
     Completed {
         reservation_id: Uuid,
-        sold: Vec<u64>,
+        sold: SmallVec<[u64; 1]>,
         reacquired: bool,
         reference: Option<String>,
     },
@@ -140,7 +147,7 @@ mod tests {
             actor: "anonymous".into(),
             op_id: Uuid::from_u128(42),
             event: Event::Reserved {
-                items: vec![Item {
+                items: smallvec::smallvec![Item {
                     sku: Sku::parse("A-1").unwrap(),
                     quantity: 3,
                 }],
@@ -162,5 +169,42 @@ mod tests {
         let owned = postcard::to_stdvec(&Envelope::V1(record.clone())).unwrap();
         assert_eq!(borrowed, owned);
         assert_eq!(decode_payload(&borrowed).unwrap(), record);
+    }
+
+    /// Logs written before items, `sold` and names were kept inline must still decode: each
+    /// inline type is written exactly as the vector or string it replaced.
+    #[test]
+    fn inline_types_are_written_like_the_heap_ones() {
+        let bytes = |value: &dyn erased::Encode| value.encode();
+        let item = |sku: &str| Item {
+            sku: Sku::parse(sku).unwrap(),
+            quantity: 7,
+        };
+        // One SKU inline, one past the inline length (then shared on the heap).
+        let long = "L".repeat(40);
+        for items in [vec![item("A-1")], vec![item("A-1"), item(&long), item("B")]] {
+            let inline: Items = SmallVec::from_vec(items.clone());
+            assert_eq!(bytes(&inline), bytes(&items));
+        }
+        for sold in [vec![3u64], vec![1, 2, 300]] {
+            let inline: SmallVec<[u64; 1]> = SmallVec::from_vec(sold.clone());
+            assert_eq!(bytes(&inline), bytes(&sold));
+        }
+        for name in ["anonymous", long.as_str()] {
+            assert_eq!(bytes(&SmolStr::new(name)), bytes(&name.to_string()));
+            assert_eq!(bytes(&Sku::parse(name).unwrap()), bytes(&name.to_string()));
+        }
+    }
+
+    mod erased {
+        /// postcard encoding behind a trait object, so one closure takes every type.
+        pub trait Encode {
+            fn encode(&self) -> Vec<u8>;
+        }
+        impl<T: serde::Serialize> Encode for T {
+            fn encode(&self) -> Vec<u8> {
+                postcard::to_stdvec(self).unwrap()
+            }
+        }
     }
 }

@@ -37,6 +37,7 @@ use crate::domain::reservation::{
 };
 use crate::domain::{Item, ReleaseReason, ReservationStatus, Sku};
 use crate::memory::GrowingMap;
+use crate::wal::record::Items;
 use crate::wal::{AppendError, Event, Lsn, Record};
 
 /// A reservation whose status and timer this actor owns (its smallest SKU is ours).
@@ -753,7 +754,7 @@ impl ProductActor {
                 let now_ms = self.shared.clock.now_ms();
                 let deadline = self.shared.clock.now() + Duration::from_millis(ttl_ms);
                 // One item (most holds) is inline: the copy for the log allocates nothing.
-                let items: SmallVec<[Item; 1]> = SmallVec::from_vec(m.items);
+                let items: Items = SmallVec::from_vec(m.items);
                 let event = Event::Reserved {
                     items: items.clone(),
                     expires_at_ms: now_ms + ttl_ms as i64,

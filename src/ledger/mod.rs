@@ -77,15 +77,33 @@ impl Action {
     }
 }
 
-/// Who and why, for the history entries of one record. Cheap to clone (one per item of a
-/// multi-item record): the actor is an index into the interned names, free text is allocated
-/// only when a record has some, and `metadata` is rendered to JSON only when read.
-#[derive(Debug, Clone)]
+/// Who and why, for the history entries of one record. Copied into each entry of a
+/// multi-item record: the actor is an index into the interned names, and the free text and
+/// the reservation are slots in the ledger's arenas, so nothing is allocated per entry.
+#[derive(Debug, Clone, Copy)]
 struct Tag {
     actor: u32,
-    reservation_id: Option<Uuid>,
+    reservation: Option<Slot>,
     marker: Marker,
-    detail: Option<Arc<Detail>>,
+    detail: Option<Slot>,
+}
+
+/// A slot in one of the ledger's arenas, stored plus one so that `Option<Slot>` takes 4
+/// bytes, not the 8 of an `Option<u32>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Slot(std::num::NonZeroU32);
+
+impl Slot {
+    fn new(slot: u32) -> Slot {
+        let stored = slot
+            .checked_add(1)
+            .expect("fewer than 2^32 - 1 entries in memory");
+        Slot(std::num::NonZeroU32::new(stored).expect("one more than a u32 is never zero"))
+    }
+
+    fn get(self) -> u32 {
+        self.0.get() - 1
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -104,35 +122,72 @@ struct Detail {
     reason: Option<String>,
 }
 
-impl HistoryEntry {
-    fn metadata(&self) -> Option<serde_json::Value> {
-        match self.marker {
-            Marker::None => None,
-            Marker::Released(reason) => Some(serde_json::json!({ "reason": reason.as_str() })),
-            Marker::Reacquired => Some(serde_json::json!({ "reacquired": true })),
-            Marker::Adjusted => Some(
-                serde_json::json!({ "reason": self.detail.as_ref().and_then(|d| d.reason.clone()) }),
-            ),
-        }
-    }
-}
-
-/// One history entry: 56 bytes, because every reserve and every end adds one and they are
-/// all kept. Only the counts *after* are stored: the counts before are the previous entry's
-/// after (or zero for the first), so the chain of invariant 7 holds by construction.
+/// One history entry: 32 bytes, because every reserve and every end adds one and they are
+/// all kept (a 10M-record log makes 10M of them). Only the counts *after* are stored: the
+/// counts before are the previous entry's after (or zero for the first), so the chain of
+/// invariant 7 holds by construction. Both counts are at most `ON_HAND_MAX` (< 2^40), so each
+/// is kept as its low 32 bits and one high byte; the reservation id and the free text are
+/// slots in the ledger's arenas. (It was 56 bytes with the counts as `u64`s, the id inline
+/// and the text behind an `Arc`: the README's Benchmarks say what the 24 bytes bought.)
 #[derive(Debug, Clone)]
 struct HistoryEntry {
     at_ms: i64,
-    on_hand: u64,
-    reserved: u64,
-    detail: Option<Arc<Detail>>,
-    reservation_id: Option<Uuid>,
+    on_hand_low: u32,
+    reserved_low: u32,
+    reservation: Option<Slot>,
+    detail: Option<Slot>,
     actor: u32,
+    /// The high bytes of `on_hand` and `reserved`.
+    high: [u8; 2],
     action: Action,
     marker: Marker,
 }
 
-const _: () = assert!(std::mem::size_of::<HistoryEntry>() <= 56);
+const _: () = assert!(std::mem::size_of::<HistoryEntry>() == 32);
+const _: () = assert!(
+    ON_HAND_MAX < 1 << 40,
+    "a count fits in 32 bits and a high byte"
+);
+
+impl HistoryEntry {
+    fn new(at_ms: i64, action: Action, on_hand: u64, reserved: u64, tag: Tag) -> HistoryEntry {
+        // The ledger refuses any count above ON_HAND_MAX before it gets here.
+        assert!(
+            on_hand <= ON_HAND_MAX && reserved <= ON_HAND_MAX,
+            "counts within ON_HAND_MAX: {on_hand}, {reserved}"
+        );
+        HistoryEntry {
+            at_ms,
+            on_hand_low: on_hand as u32,
+            reserved_low: reserved as u32,
+            reservation: tag.reservation,
+            detail: tag.detail,
+            actor: tag.actor,
+            high: [(on_hand >> 32) as u8, (reserved >> 32) as u8],
+            action,
+            marker: tag.marker,
+        }
+    }
+
+    fn on_hand(&self) -> u64 {
+        u64::from(self.high[0]) << 32 | u64::from(self.on_hand_low)
+    }
+
+    fn reserved(&self) -> u64 {
+        u64::from(self.high[1]) << 32 | u64::from(self.reserved_low)
+    }
+
+    fn metadata(&self, detail: Option<&Detail>) -> Option<serde_json::Value> {
+        match self.marker {
+            Marker::None => None,
+            Marker::Released(reason) => Some(serde_json::json!({ "reason": reason.as_str() })),
+            Marker::Reacquired => Some(serde_json::json!({ "reacquired": true })),
+            Marker::Adjusted => {
+                Some(serde_json::json!({ "reason": detail.and_then(|d| d.reason.clone()) }))
+            }
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 struct Product {
@@ -178,14 +233,32 @@ pub struct Reservation {
     pub created_at_ms: i64,
     pub expires_at_ms: i64,
     pub original_expires_at_ms: i64,
-    /// Units sold of each item, once completed (empty before).
-    sold: SmallVec<[u64; 1]>,
+    /// Units sold of each item, when a completion sold less than the whole hold of some
+    /// item. `None` before completion and when every item sold its whole hold, the usual
+    /// case: no allocation, and 8 bytes where a `SmallVec` of the counts took 24. Boxed
+    /// twice so that the pointer is thin; partial sales are rare.
+    #[allow(clippy::box_collection)] // the box is the point: see above
+    sold_less: Option<Box<Vec<u64>>>,
     text: Option<PackedText>,
 }
+
+// Kept for every reservation ever made: a 10M-record log of checkouts has 5M of them.
+const _: () = assert!(std::mem::size_of::<Reservation>() == 88);
 
 impl Reservation {
     pub fn items(&self) -> &[Item] {
         &self.items
+    }
+
+    /// Units sold of each item, in the order of [`Reservation::items`], once completed.
+    fn sold(&self) -> Option<impl Iterator<Item = u64> + '_> {
+        (self.status == ReservationStatus::Completed).then(|| {
+            self.items.iter().enumerate().map(|(n, item)| {
+                self.sold_less
+                    .as_ref()
+                    .map_or(item.quantity, |sold| sold[n])
+            })
+        })
     }
 
     fn text(&self, field: TextField) -> Option<String> {
@@ -279,6 +352,9 @@ pub struct Ledger {
     /// Every product's history entries, in log order; a product keeps their slots
     /// ([`history::History`] says why).
     entries: arena::Arena<HistoryEntry>,
+    /// The free text (reference, note, reason) of the records that had some, by slot: shared
+    /// by the entries of one record.
+    details: arena::Arena<Detail>,
     reservations: reservations::Reservations,
     sales: HashMap<Uuid, Sale>,
     product_ops: HashMap<Uuid, ProductOp>,
@@ -406,21 +482,22 @@ impl Ledger {
             ref event,
         } = *record;
         let actor = self.intern(actor);
-        let meta = |reference: Option<&String>,
-                    note: Option<&String>,
-                    reservation_id,
-                    marker,
-                    reason: Option<&String>| {
+        let details = &mut self.details;
+        let mut meta = |reference: Option<&String>,
+                        note: Option<&String>,
+                        reservation,
+                        marker,
+                        reason: Option<&String>| {
             let detail = (reference.is_some() || note.is_some() || reason.is_some()).then(|| {
-                Arc::new(Detail {
+                Slot::new(details.push(Detail {
                     reference: reference.cloned(),
                     note: note.cloned(),
                     reason: reason.cloned(),
-                })
+                }))
             });
             Tag {
                 actor,
-                reservation_id,
+                reservation,
                 marker,
                 detail,
             }
@@ -576,7 +653,7 @@ impl Ledger {
                         Action::Sale,
                         on_hand,
                         reserved,
-                        m.clone(),
+                        m,
                     );
                     kept.push(interned(p, item));
                 }
@@ -605,7 +682,8 @@ impl Ledger {
                     None if self.reservations.is_new(&op_id) => None,
                     None => return Err(twice()),
                 };
-                let m = meta(reference.as_ref(), None, Some(op_id), Marker::None, None);
+                let made_at = Slot::new(slot.unwrap_or_else(|| self.reservations.next_slot()));
+                let m = meta(reference.as_ref(), None, Some(made_at), Marker::None, None);
                 let mut kept: SmallVec<[Item; 1]> = SmallVec::with_capacity(items.len());
                 for item in items {
                     let p = product_in(&mut self.products, &item.sku)?;
@@ -624,7 +702,7 @@ impl Ledger {
                         Action::Reserve,
                         on_hand,
                         reserved,
-                        m.clone(),
+                        m,
                     );
                     kept.push(interned(p, item));
                 }
@@ -640,11 +718,11 @@ impl Ledger {
                     created_at_ms: at_ms,
                     expires_at_ms,
                     original_expires_at_ms: expires_at_ms,
-                    sold: SmallVec::new(),
+                    sold_less: None,
                     text,
                 };
                 match slot {
-                    Some(slot) => self.reservations.insert_located(slot, reservation),
+                    Some(slot) => self.reservations.insert_located(slot, op_id, reservation),
                     None => self.reservations.insert(op_id, reservation),
                 }
             }
@@ -654,7 +732,7 @@ impl Ledger {
                 reacquired,
                 ref reference,
             } => {
-                let r = self
+                let (slot, r) = self
                     .reservations
                     .find_mut(&reservation_id, located)
                     .ok_or_else(|| unknown("completion", &reservation_id, located))?;
@@ -674,7 +752,13 @@ impl Ledger {
                 } else {
                     Marker::None
                 };
-                let m = meta(reference.as_ref(), None, Some(reservation_id), marker, None);
+                let m = meta(
+                    reference.as_ref(),
+                    None,
+                    Some(Slot::new(slot)),
+                    marker,
+                    None,
+                );
                 for (item, sold_qty) in r.items.iter().zip(sold) {
                     if *sold_qty > item.quantity {
                         return Err(format!(
@@ -702,11 +786,12 @@ impl Ledger {
                         Action::Complete,
                         on_hand,
                         reserved,
-                        m.clone(),
+                        m,
                     );
                 }
                 r.status = ReservationStatus::Completed;
-                r.sold = SmallVec::from_slice(sold);
+                let all_sold = r.items.iter().zip(sold).all(|(i, q)| i.quantity == *q);
+                r.sold_less = (!all_sold).then(|| Box::new(sold.to_vec()));
                 r.reacquired = reacquired;
                 if !reacquired {
                     self.active -= 1;
@@ -717,7 +802,7 @@ impl Ledger {
                 reason,
                 ref note,
             } => {
-                let r = self
+                let (slot, r) = self
                     .reservations
                     .find_mut(&reservation_id, located)
                     .ok_or_else(|| unknown("release", &reservation_id, located))?;
@@ -730,7 +815,7 @@ impl Ledger {
                 let m = meta(
                     None,
                     note.as_ref(),
-                    Some(reservation_id),
+                    Some(Slot::new(slot)),
                     Marker::Released(reason),
                     None,
                 );
@@ -745,7 +830,7 @@ impl Ledger {
                         Action::Release,
                         on_hand,
                         reserved,
-                        m.clone(),
+                        m,
                     );
                 }
                 r.status = match reason {
@@ -760,7 +845,7 @@ impl Ledger {
                 reservation_id,
                 expires_at_ms,
             } => {
-                let r = self
+                let (_, r) = self
                     .reservations
                     .find_mut(&reservation_id, located)
                     .ok_or_else(|| unknown("extension", &reservation_id, located))?;
@@ -901,24 +986,27 @@ impl Ledger {
             let (on_hand_before, reserved_before) = match index.checked_sub(1) {
                 Some(previous) => {
                     let previous = self.history_entry(p, previous);
-                    (previous.on_hand, previous.reserved)
+                    (previous.on_hand(), previous.reserved())
                 }
                 None => (0, 0),
             };
+            let detail = e.detail.map(|slot| self.details.get(slot.get()));
             out.push(HistoryView {
                 seq: index as u64 + 1,
                 at: views::Timestamp(e.at_ms),
                 action: e.action.as_str(),
                 quantity_before: on_hand_before,
-                quantity_after: e.on_hand,
-                change: e.on_hand as i64 - on_hand_before as i64,
+                quantity_after: e.on_hand(),
+                change: e.on_hand() as i64 - on_hand_before as i64,
                 reserved_before,
-                reserved_after: e.reserved,
+                reserved_after: e.reserved(),
                 actor: self.actor_names[e.actor as usize].to_string(),
-                reference: e.detail.as_ref().and_then(|d| d.reference.clone()),
-                reservation_id: e.reservation_id,
-                note: e.detail.as_ref().and_then(|d| d.note.clone()),
-                metadata: e.metadata(),
+                reference: detail.and_then(|d| d.reference.clone()),
+                reservation_id: e
+                    .reservation
+                    .map(|slot| self.reservations.id_at(slot.get())),
+                note: detail.and_then(|d| d.note.clone()),
+                metadata: e.metadata(detail),
             });
         }
         Some((out, next))
@@ -1046,7 +1134,7 @@ impl Ledger {
             // chain holds by construction and only its end needs checking.
             let last = p.history.last().map_or((0, 0), |slot| {
                 let e = self.entries.get(slot);
-                (e.on_hand, e.reserved)
+                (e.on_hand(), e.reserved())
             });
             if last != (p.on_hand, p.reserved) {
                 return Err(format!("{sku}: history does not end at the current counts"));
@@ -1128,16 +1216,7 @@ fn push(
     reserved: u64,
     tag: Tag,
 ) {
-    let slot = entries.push(HistoryEntry {
-        at_ms,
-        on_hand,
-        reserved,
-        detail: tag.detail,
-        reservation_id: tag.reservation_id,
-        actor: tag.actor,
-        action,
-        marker: tag.marker,
-    });
+    let slot = entries.push(HistoryEntry::new(at_ms, action, on_hand, reserved, tag));
     p.history.push(slot);
     p.on_hand = on_hand;
     p.reserved = reserved;
@@ -1160,13 +1239,13 @@ fn reservation_view(
         user_id: r.text(TextField::UserId),
         reference: r.text(TextField::Reference),
         metadata: parse_metadata(r.text(TextField::Metadata).as_deref()),
-        sold_items: (!r.sold.is_empty()).then(|| {
+        sold_items: r.sold().map(|sold| {
             r.items
                 .iter()
-                .zip(&r.sold)
-                .map(|(i, q)| Item {
+                .zip(sold)
+                .map(|(i, quantity)| Item {
                     sku: i.sku.clone(),
-                    quantity: *q,
+                    quantity,
                 })
                 .collect()
         }),
@@ -1283,6 +1362,109 @@ mod tests {
             let product = ledger.products.get(sku).expect("exists");
             assert_eq!(entries[0].reserved_after, product.reserved);
         }
+        ledger.check_invariants().expect("consistent");
+    }
+
+    #[test]
+    fn compact_entries_keep_counts_past_32_bits_ids_and_text() {
+        // Counts either side of 2^32 and at ON_HAND_MAX, stored as 32 bits and a high byte;
+        // the reservation id and the free text, stored as slots: each must read back whole.
+        let mut ledger = Ledger::new();
+        create(&mut ledger, "A");
+        let n = ledger.records();
+        let restock = Event::Restocked {
+            sku: Sku::parse("A").expect("valid"),
+            quantity: ON_HAND_MAX - 1_000_000,
+            reference: Some("po-7".into()),
+            note: Some("dock 2".into()),
+            fingerprint: 0,
+        };
+        ledger
+            .apply(&record(n, Uuid::new_v4(), restock))
+            .expect("applies");
+        let below = (1u64 << 32) - 1;
+        let held = [
+            reserve(&mut ledger, "A", below),
+            reserve(&mut ledger, "A", 2),
+        ];
+        let n = ledger.records();
+        let release = Event::Released {
+            reservation_id: held[0],
+            reason: ReleaseReason::Cancelled,
+            note: Some("changed mind".into()),
+        };
+        ledger
+            .apply(&record(n, Uuid::new_v4(), release))
+            .expect("applies");
+        let (entries, _) = ledger.history("A", None, None, 10).expect("exists");
+        let counts: Vec<_> = entries
+            .iter()
+            .rev()
+            .map(|e| (e.action, e.quantity_after, e.reserved_after))
+            .collect();
+        assert_eq!(
+            counts,
+            [
+                ("create", 1_000_000, 0),
+                ("restock", ON_HAND_MAX, 0),
+                ("reserve", ON_HAND_MAX, below),
+                ("reserve", ON_HAND_MAX, below + 2),
+                ("release", ON_HAND_MAX, 2),
+            ]
+        );
+        let ids: Vec<_> = entries.iter().rev().map(|e| e.reservation_id).collect();
+        assert_eq!(
+            ids,
+            [None, None, Some(held[0]), Some(held[1]), Some(held[0])]
+        );
+        let restocked = &entries[3];
+        assert_eq!(
+            (restocked.reference.as_deref(), restocked.note.as_deref()),
+            (Some("po-7"), Some("dock 2"))
+        );
+        assert_eq!(entries[0].note.as_deref(), Some("changed mind"));
+        assert_eq!(entries[0].reference, None);
+        assert_eq!(
+            entries[0].metadata,
+            Some(serde_json::json!({ "reason": "cancelled" }))
+        );
+        ledger.check_invariants().expect("consistent");
+    }
+
+    #[test]
+    fn sold_units_are_kept_only_when_a_completion_sold_less_than_held() {
+        let mut ledger = Ledger::new();
+        create(&mut ledger, "A");
+        let (whole, part) = (reserve(&mut ledger, "A", 3), reserve(&mut ledger, "A", 5));
+        fn sold(ledger: &Ledger, id: &Uuid) -> Option<Vec<u64>> {
+            let view = ledger.reservation_view(id).expect("made");
+            view.sold_items
+                .map(|items| items.iter().map(|i| i.quantity).collect())
+        }
+        assert_eq!(sold(&ledger, &whole), None, "not completed yet");
+        assert_eq!(sold(&ledger, &part), None, "not completed yet");
+        for (id, units) in [(whole, 3), (part, 2)] {
+            let n = ledger.records();
+            let event = Event::Completed {
+                reservation_id: id,
+                sold: smallvec::smallvec![units],
+                reacquired: false,
+                reference: None,
+            };
+            ledger
+                .apply(&record(n, Uuid::new_v4(), event))
+                .expect("applies");
+        }
+        assert!(ledger
+            .reservations
+            .get(&whole)
+            .expect("made")
+            .sold_less
+            .is_none());
+        assert_eq!(sold(&ledger, &whole), Some(vec![3]));
+        assert_eq!(sold(&ledger, &part), Some(vec![2]));
+        let p = ledger.products.get("A").expect("exists");
+        assert_eq!((p.on_hand, p.reserved), (1_000_000 - 5, 0));
         ledger.check_invariants().expect("consistent");
     }
 

@@ -89,6 +89,9 @@ impl Index {
 pub struct Reservations {
     index: Index,
     arena: Arena<Reservation>,
+    /// Each reservation's id, at the same slot: history entries keep the 4-byte slot and
+    /// find the id here when shown.
+    ids: Arena<Uuid>,
     /// Ids indexed ahead of their reservation: the next this many inserts are already in
     /// the index, at the slots they will take.
     indexed_ahead: u32,
@@ -228,6 +231,7 @@ impl Reservations {
     /// Adds a reservation not yet known (the caller checked with [`Reservations::is_new`]).
     pub fn insert(&mut self, id: Uuid, reservation: Reservation) {
         let slot = self.arena.push(reservation);
+        self.ids.push(id);
         if self.indexed_ahead > 0 {
             self.indexed_ahead -= 1;
             debug_assert_eq!(
@@ -242,25 +246,41 @@ impl Reservations {
         self.index.remember(id, slot);
     }
 
-    /// Adds the reservation that replay's index put at `slot`: the next one.
-    pub fn insert_located(&mut self, slot: u32, reservation: Reservation) {
+    /// Adds reservation `id`, which replay's index put at `slot`: the next one.
+    pub fn insert_located(&mut self, slot: u32, id: Uuid, reservation: Reservation) {
         let pushed = self.arena.push(reservation);
         assert_eq!(
             pushed, slot,
             "replay's reservations are made in the order indexed"
         );
+        self.ids.push(id);
     }
 
-    /// Reservation `id`: at the slot replay's index gave, if it gave one (`None` for
-    /// [`Located::NONE`]), else looked up.
-    pub fn find_mut(&mut self, id: &Uuid, located: Option<Located>) -> Option<&mut Reservation> {
+    /// The slot the next reservation inserted takes.
+    pub fn next_slot(&self) -> u32 {
+        u32::try_from(self.arena.len()).expect("fewer than 2^32 reservations in memory")
+    }
+
+    /// The id of the reservation at `slot` (one handed out by an insert).
+    pub fn id_at(&self, slot: u32) -> Uuid {
+        *self.ids.get(slot)
+    }
+
+    /// Reservation `id` and its slot: at the slot replay's index gave, if it gave one
+    /// (`None` for [`Located::NONE`]), else looked up.
+    pub fn find_mut(
+        &mut self,
+        id: &Uuid,
+        located: Option<Located>,
+    ) -> Option<(u32, &mut Reservation)> {
         let slot = match located {
             Some(located) => located
                 .slot()
                 .filter(|&slot| (slot as usize) < self.arena.len())?,
             None => self.slot(id)?,
         };
-        Some(self.arena.get_mut(slot))
+        debug_assert!(located.is_none() || self.id_at(slot) == *id);
+        Some((slot, self.arena.get_mut(slot)))
     }
 
     /// Takes over the index replay built ([`ReplayIndex::finish`]) for the `made`
@@ -318,7 +338,7 @@ mod tests {
             created_at_ms,
             expires_at_ms: 0,
             original_expires_at_ms: 0,
-            sold: SmallVec::new(),
+            sold_less: None,
             text: None,
         }
     }
@@ -347,7 +367,8 @@ mod tests {
             );
         }
         for (i, id) in ids.iter().enumerate() {
-            let r = reservations.find_mut(id, None).expect("inserted");
+            let (slot, r) = reservations.find_mut(id, None).expect("inserted");
+            assert_eq!(slot, i as u32);
             assert_eq!(r.created_at_ms, i as i64);
             r.expires_at_ms = -(i as i64);
         }

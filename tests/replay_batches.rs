@@ -1,7 +1,8 @@
-//! Replay reads and decodes on one thread and applies on the caller's, in batches. These
-//! logs are long enough to span many batches and segments, so a record lost, repeated or
-//! reordered at a batch boundary, a wrong offset, a torn tail cut in the wrong place, or a
-//! reader left running after the applier stopped would each fail a test here.
+//! Replay reads files and checks frames on one thread, decodes on a second and applies on the
+//! caller's, in batches. These logs are long enough to span many batches, several hand-overs
+//! of checked frames (16,384 a time) and segments, so a record lost, repeated or reordered at
+//! a boundary, a wrong offset, a torn tail cut in the wrong place, or a reader left running
+//! after the applier stopped would each fail a test here.
 
 use std::path::Path;
 
@@ -12,8 +13,9 @@ use stockd::wal::segment::{file_name, header};
 use stockd::wal::{Event, Record};
 use uuid::Uuid;
 
-/// Records per segment: several replay batches each, and not a multiple of the batch size.
-const PER_SEGMENT: u64 = 2_500;
+/// Records per segment: many replay batches and three hand-overs of checked frames each, and
+/// a multiple of neither size.
+const PER_SEGMENT: u64 = 40_000;
 const SEGMENTS: u64 = 3;
 
 fn record(n: u64) -> Record {
@@ -83,7 +85,7 @@ fn a_torn_tail_after_many_batches_is_cut_there_and_keeps_everything_before() {
     let offsets = write_log(dir.path());
     let last = dir.path().join(file_name(SEGMENTS));
     let mut bytes = std::fs::read(&last).expect("read");
-    let keep = 2_049usize; // past two whole batches of 1,024
+    let keep = 34_817usize; // past two hand-overs of checked frames, and 2,049 records more
     let cut_at = offsets[SEGMENTS as usize - 1][keep] as usize;
     bytes.truncate(cut_at + 5); // the next frame, cut inside its header
     std::fs::write(&last, &bytes).expect("write");
@@ -113,7 +115,7 @@ fn a_torn_tail_after_many_batches_is_cut_there_and_keeps_everything_before() {
 fn an_apply_error_stops_replay_at_that_record_and_names_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let offsets = write_log(dir.path());
-    let bad = PER_SEGMENT + 1_500; // second segment, in its second batch
+    let bad = PER_SEGMENT + 17_500; // second segment, in its second hand-over
     let mut applied = 0u64;
     let err = replay(dir.path(), Mode::ReadOnly, |r, _| {
         if r.at_ms as u64 == bad {
@@ -127,7 +129,7 @@ fn an_apply_error_stops_replay_at_that_record_and_names_it() {
     let text = err.to_string();
     assert!(text.contains(&file_name(2)), "{text}");
     assert!(
-        text.contains(&format!("offset {}", offsets[1][1_500])),
+        text.contains(&format!("offset {}", offsets[1][17_500])),
         "{text}"
     );
     assert!(text.contains("refused"), "{text}");
@@ -139,7 +141,7 @@ fn damage_in_an_earlier_segment_stops_after_applying_what_precedes_it() {
     let offsets = write_log(dir.path());
     let first = dir.path().join(file_name(1));
     let mut bytes = std::fs::read(&first).expect("read");
-    let at = offsets[0][1_800] as usize;
+    let at = offsets[0][20_000] as usize; // in the second hand-over of checked frames
     bytes[at + 10] ^= 0x40; // a payload byte: the checksum no longer matches
     std::fs::write(&first, &bytes).expect("write");
 
@@ -149,7 +151,7 @@ fn damage_in_an_earlier_segment_stops_after_applying_what_precedes_it() {
         Ok(())
     })
     .expect_err("corruption");
-    assert_eq!(applied, 1_800);
+    assert_eq!(applied, 20_000);
     let text = err.to_string();
     assert!(text.contains(&file_name(1)), "{text}");
     assert!(text.contains(&format!("offset {at}")), "{text}");
@@ -285,4 +287,37 @@ fn a_reservation_made_twice_or_ended_before_it_is_made_is_refused_at_that_record
         );
         assert!(err.contains(expected), "record {n}: {err}");
     }
+}
+
+/// A frame whose checksum is good but whose payload is no record: refused at that frame,
+/// after every record before it (the frames are checked on one thread and decoded on another,
+/// and the first fault in log order is the one reported).
+#[test]
+fn an_undecodable_record_with_a_good_checksum_stops_replay_there() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let offsets = write_log(dir.path());
+    let second = dir.path().join(file_name(2));
+    let mut bytes = std::fs::read(&second).expect("read");
+    let at = offsets[1][17_000] as usize; // in the second hand-over of checked frames
+    let payload = [0xFFu8; 12]; // a variant index no envelope has
+    let len = (payload.len() as u32).to_le_bytes();
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&len), &payload);
+    let mut frame = len.to_vec();
+    frame.extend_from_slice(&crc.to_le_bytes());
+    frame.extend_from_slice(&payload);
+    bytes.splice(at..at, frame);
+    std::fs::write(&second, &bytes).expect("write");
+
+    let mut applied = 0u64;
+    let err = replay(dir.path(), Mode::ReadOnly, |r, _| {
+        assert_eq!(r.at_ms as u64, applied, "in order, none lost");
+        applied += 1;
+        Ok(())
+    })
+    .expect_err("an undecodable record");
+    assert_eq!(applied, PER_SEGMENT + 17_000);
+    let text = err.to_string();
+    assert!(text.contains(&file_name(2)), "{text}");
+    assert!(text.contains(&format!("offset {at}")), "{text}");
+    assert!(text.contains("undecodable"), "{text}");
 }

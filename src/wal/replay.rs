@@ -8,19 +8,21 @@
 //! (a bad frame followed by valid ones, damage in an earlier segment, a bad header) is
 //! corruption: refuse, naming file and byte offset.
 //!
-//! Two threads: one reads the files, checks frames and decodes records; the caller's thread
-//! applies them, in log order, in batches. Applying walks the ledger's memory and was the
-//! slower side; reading and decoding were a fifth of a 10M-record start, and now overlap it.
-//! The caller can move work onto the reading thread (a `note` taken of each record; the
-//! ledger builds its reservation index there), which keeps the two sides about even.
+//! Three threads in a pipeline: the file thread reads the segments and checks every frame's
+//! checksum; the reading thread decodes the records; the caller's thread applies them, in log
+//! order, in batches. Checking is plain arithmetic over the bytes, a sixth of what one thread
+//! did when it also decoded; off that thread, decoding and applying are about even and all
+//! three overlap. The caller can move work onto the reading thread too (a `note` taken of
+//! each record; the ledger builds its reservation index there).
 //! The caller sees each record by reference and spent batches go back to the reading thread,
 //! which frees the records it allocated and refills the batch: mimalloc frees a block of
 //! another thread's heap through an atomic list, which cost the applying thread 8%.
 
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use super::frame::{read_frame, Frame};
+use super::frame::{read_frame, Frame, FRAME_HEADER_BYTES};
 use super::record::{decode_payload, Record};
 use super::segment::{self, HEADER_BYTES};
 use super::WalError;
@@ -113,15 +115,20 @@ enum Read<N> {
         segment: usize,
         batch: Batch<N>,
     },
-    /// The end of one segment: everything in it before `valid_bytes` has been sent.
+    /// The end of segment `segment`: everything in it before `end.valid_bytes` has been sent.
     SegmentEnd {
         segment: usize,
-        valid_bytes: u64,
-        torn: Option<TornTail>,
-        /// A torn tail that is the segment's own header: the whole file goes.
-        header_torn: bool,
+        end: SegmentEnd,
     },
     Failed(WalError),
+}
+
+/// How a segment ends.
+struct SegmentEnd {
+    valid_bytes: u64,
+    torn: Option<TornTail>,
+    /// A torn tail that is the segment's own header: the whole file goes.
+    header_torn: bool,
 }
 
 /// Reads the log in `dir`, checks every frame, and calls `apply` on each record in log
@@ -184,9 +191,12 @@ pub fn replay_batches<N: Send>(
                     }
                     Read::SegmentEnd {
                         segment,
-                        valid_bytes,
-                        torn,
-                        header_torn,
+                        end:
+                            SegmentEnd {
+                                valid_bytes,
+                                torn,
+                                header_torn,
+                            },
                     } => {
                         let (index, path) = &segments[segment];
                         if mode == Mode::Repair {
@@ -243,9 +253,11 @@ fn repair(dir: &Path, path: &Path, torn: &TornTail, header_torn: bool) -> Result
 
 /// The reading side of [`replay`]: every segment in order, as batches of decoded records,
 /// each segment closed by a [`Read::SegmentEnd`]. Stops at the first corruption (sent as
-/// [`Read::Failed`]) or when the applying side hangs up. The files themselves are read one
-/// segment ahead on a thread of their own: reading a 64 MiB segment takes tens of
-/// milliseconds, which the applier otherwise spent waiting, once per segment.
+/// [`Read::Failed`]) or when the applying side hangs up. The files are read, and their frames
+/// checked, on a thread of their own ([`check_segments`]), up to a segment ahead: reading a
+/// 64 MiB segment takes tens of milliseconds, which this pipeline otherwise spent waiting,
+/// and checking the frames' checksums was a sixth of this thread's work, this thread being
+/// the slower side.
 fn read_segments<N>(
     segments: &[(u64, PathBuf)],
     note: &mut impl FnMut(&Record) -> N,
@@ -255,20 +267,11 @@ fn read_segments<N>(
     let Some((_, first)) = segments.first() else {
         return;
     };
-    // Rendezvous: one segment held here while the one before is decoded, no more.
-    let (files_tx, files_rx) = crossbeam_channel::bounded(0);
+    let (checked_tx, checked_rx) = crossbeam_channel::bounded(CHECKED_IN_FLIGHT);
     std::thread::scope(|scope| {
         let files = std::thread::Builder::new()
             .name("stockd-replay-file".into())
-            .spawn_scoped(scope, move || {
-                for (_, path) in segments {
-                    let bytes = std::fs::read(path)
-                        .map_err(|e| WalError::io("cannot read log segment", path, e));
-                    if files_tx.send(bytes).is_err() {
-                        return;
-                    }
-                }
-            });
+            .spawn_scoped(scope, move || check_segments(segments, checked_tx));
         let files = match files {
             Ok(handle) => handle,
             Err(e) => {
@@ -280,46 +283,107 @@ fn read_segments<N>(
                 return;
             }
         };
-        let count = segments.len();
-        for ((i, (_, path)), bytes) in segments.iter().enumerate().zip(files_rx.iter()) {
-            let is_last = i + 1 == count;
-            let sent = match bytes
-                .and_then(|bytes| read_segment(i, path, &bytes, is_last, note, &tx, &spent))
-            {
-                Ok(end) => tx.send(end),
-                Err(e) => tx.send(Read::Failed(e)),
+        let mut batch = Batch::new();
+        for checked in checked_rx.iter() {
+            let path = &segments[checked.segment].1;
+            let go_on = decode_frames(&checked, path, &mut batch, note, &tx, &spent);
+            let end = match (go_on, checked.end) {
+                (Ok(false), _) => break,
+                (Ok(true), None) => continue,
+                (Err(e), _) | (Ok(true), Some(Err(e))) => Err(e),
+                (Ok(true), Some(Ok(end))) => Ok(end),
             };
-            if sent.is_err() {
+            // A segment's records go before its end, and records before a fault before the
+            // fault (`dump` shows them).
+            if !batch.records.is_empty()
+                && !send_batch(checked.segment, &mut batch, note, &tx, &spent)
+            {
+                break;
+            }
+            let read = match end {
+                Ok(end) => Read::SegmentEnd {
+                    segment: checked.segment,
+                    end,
+                },
+                Err(e) => Read::Failed(e),
+            };
+            let failed = matches!(read, Read::Failed(_));
+            if tx.send(read).is_err() || failed {
                 break;
             }
         }
-        // Hang up first, so that a file thread waiting to hand over the next segment stops.
-        drop(files_rx);
+        // Hang up first, so that a file thread waiting to hand over more stops.
+        drop(checked_rx);
         if let Err(panic) = files.join() {
             std::panic::resume_unwind(panic);
         }
     });
 }
 
-/// Sends one segment's records; returns its [`Read::SegmentEnd`], or the corruption found.
-/// A closed channel ends the reading early (the caller sees the send fail next).
-fn read_segment<N>(
+/// Frames checked per message from the file thread: enough that the channel costs nothing
+/// per frame, few enough that decoding starts at once.
+const CHECKED_FRAMES: usize = 16 * 1024;
+/// Messages in flight from the file thread: about a segment of small records, so that the
+/// next file is read while this one is decoded. Bounds the bytes held to ~3 segments.
+const CHECKED_IN_FLIGHT: usize = 64;
+
+/// Frames of one segment whose checksums are good, for the reading thread to decode.
+struct Checked {
     segment: usize,
+    /// The whole segment, shared by all its messages.
+    bytes: Arc<Vec<u8>>,
+    /// Where each frame starts, then where the last one ends: frame `i` is
+    /// `bounds[i]..bounds[i + 1]`.
+    bounds: Vec<usize>,
+    /// On the segment's last message: how it ends after these frames (a clean end, a torn
+    /// tail, or corruption).
+    end: Option<Result<SegmentEnd, WalError>>,
+}
+
+/// The file thread: reads each segment in order, checks its header and frames, and hands
+/// the good frames on in order, then how the segment ends. Corruption is sent after the
+/// frames before it, so that those are decoded (and their own faults reported) first, as
+/// if read one by one. Stops at the first error or when the reading thread hangs up.
+fn check_segments(segments: &[(u64, PathBuf)], checked_tx: crossbeam_channel::Sender<Checked>) {
+    let count = segments.len();
+    for (segment, (_, path)) in segments.iter().enumerate() {
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => Arc::new(bytes),
+            Err(e) => {
+                let _ = checked_tx.send(Checked {
+                    segment,
+                    bytes: Arc::default(),
+                    bounds: Vec::new(),
+                    end: Some(Err(WalError::io("cannot read log segment", path, e))),
+                });
+                return;
+            }
+        };
+        let mut send = |bounds: Vec<usize>, end: Option<Result<SegmentEnd, WalError>>| {
+            let stop = matches!(end, Some(Err(_)));
+            let sent = checked_tx.send(Checked {
+                segment,
+                bytes: bytes.clone(),
+                bounds,
+                end,
+            });
+            sent.is_ok() && !stop
+        };
+        if !check_segment(path, &bytes, segment + 1 == count, &mut send) {
+            return;
+        }
+    }
+}
+
+/// Checks one segment's header and frames, handing on the good frames [`CHECKED_FRAMES`] at a
+/// time through `send`, and last how the segment ends (or the corruption found). Returns
+/// whether to go on: false once `send` says so.
+fn check_segment(
     path: &Path,
     bytes: &[u8],
     is_last: bool,
-    note: &mut impl FnMut(&Record) -> N,
-    tx: &crossbeam_channel::Sender<Read<N>>,
-    spent: &crossbeam_channel::Receiver<Batch<N>>,
-) -> Result<Read<N>, WalError> {
-    // A batch the applier is done with, its records freed here where they were allocated.
-    let next_batch = || match spent.try_recv() {
-        Ok(mut batch) => {
-            batch.clear();
-            batch
-        }
-        Err(_) => Batch::new(),
-    };
+    send: &mut impl FnMut(Vec<usize>, Option<Result<SegmentEnd, WalError>>) -> bool,
+) -> bool {
     let corrupt = |offset: usize, reason: String| WalError::Corrupt {
         path: path.to_path_buf(),
         offset: offset as u64,
@@ -327,8 +391,7 @@ fn read_segment<N>(
     };
     if bytes.len() < HEADER_BYTES && is_last && segment::header().starts_with(bytes) {
         // Crash while creating the segment: nothing was ever acknowledged in it.
-        return Ok(Read::SegmentEnd {
-            segment,
+        let end = SegmentEnd {
             valid_bytes: bytes.len() as u64,
             torn: Some(TornTail {
                 path: path.to_path_buf(),
@@ -337,32 +400,27 @@ fn read_segment<N>(
                 reason: "segment header incomplete".into(),
             }),
             header_torn: true,
-        });
+        };
+        return send(Vec::new(), Some(Ok(end)));
     }
-    segment::check_header(bytes).map_err(|reason| corrupt(0, reason))?;
+    if let Err(reason) = segment::check_header(bytes) {
+        return send(Vec::new(), Some(Err(corrupt(0, reason))));
+    }
     let mut offset = HEADER_BYTES;
-    let mut batch = next_batch();
+    let mut bounds = Vec::with_capacity(CHECKED_FRAMES + 1);
     let tail: Option<(usize, String)> = loop {
         match read_frame(bytes, offset) {
-            Frame::Valid { payload, next } => {
-                let record = decode_payload(payload).map_err(|e| {
-                    corrupt(offset, format!("checksum ok but record undecodable: {e}"))
-                })?;
-                batch.records.push((record, offset as u64));
-                if batch.records.len() == BATCH_RECORDS {
-                    let mut full = std::mem::replace(&mut batch, next_batch());
-                    full.take_notes(note);
-                    if tx
-                        .send(Read::Records {
-                            segment,
-                            batch: full,
-                        })
-                        .is_err()
-                    {
-                        break None;
+            Frame::Valid { next, .. } => {
+                bounds.push(offset);
+                offset = next;
+                if bounds.len() == CHECKED_FRAMES {
+                    bounds.push(offset);
+                    let full =
+                        std::mem::replace(&mut bounds, Vec::with_capacity(CHECKED_FRAMES + 1));
+                    if !send(full, None) {
+                        return false;
                     }
                 }
-                offset = next;
             }
             Frame::End => break None,
             Frame::ZeroTail => break Some((offset, ZEROS.into())),
@@ -370,21 +428,15 @@ fn read_segment<N>(
             Frame::Bad { reason, .. } => break Some((offset, reason)),
         }
     };
-    if !batch.records.is_empty() {
-        batch.take_notes(note);
-        // A closed channel is noticed by the caller's next send.
-        let _ = tx.send(Read::Records { segment, batch });
-    }
+    bounds.push(offset);
     let mut torn = None;
     if let Some((bad_at, reason)) = tail {
         if !is_last {
-            return Err(corrupt(bad_at, reason));
+            return send(bounds, Some(Err(corrupt(bad_at, reason))));
         }
         if let Some(valid_at) = find_valid_frame_after(bytes, bad_at) {
-            return Err(corrupt(
-                bad_at,
-                format!("{reason}, yet a valid record follows at offset {valid_at}"),
-            ));
+            let reason = format!("{reason}, yet a valid record follows at offset {valid_at}");
+            return send(bounds, Some(Err(corrupt(bad_at, reason))));
         }
         torn = Some(TornTail {
             path: path.to_path_buf(),
@@ -392,14 +444,67 @@ fn read_segment<N>(
             dropped_bytes: (bytes.len() - bad_at) as u64,
             reason,
         });
-        offset = bad_at;
     }
-    Ok(Read::SegmentEnd {
-        segment,
+    let end = SegmentEnd {
         valid_bytes: offset as u64,
         torn,
         header_torn: false,
+    };
+    send(bounds, Some(Ok(end)))
+}
+
+/// Decodes one message's frames into `batch`, sending it on whenever it is full. Returns
+/// whether to go on: false once the applying side has hung up.
+fn decode_frames<N>(
+    checked: &Checked,
+    path: &Path,
+    batch: &mut Batch<N>,
+    note: &mut impl FnMut(&Record) -> N,
+    tx: &crossbeam_channel::Sender<Read<N>>,
+    spent: &crossbeam_channel::Receiver<Batch<N>>,
+) -> Result<bool, WalError> {
+    for frame in checked.bounds.windows(2) {
+        let (offset, next) = (frame[0], frame[1]);
+        let payload = &checked.bytes[offset + FRAME_HEADER_BYTES..next];
+        let record = decode_payload(payload).map_err(|e| WalError::Corrupt {
+            path: path.to_path_buf(),
+            offset: offset as u64,
+            reason: format!("checksum ok but record undecodable: {e}"),
+        })?;
+        batch.records.push((record, offset as u64));
+        if batch.records.len() == BATCH_RECORDS
+            && !send_batch(checked.segment, batch, note, tx, spent)
+        {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Takes the notes of `batch` and sends it on, leaving a spent (or new) batch in its place.
+/// Returns false if the applying side has hung up.
+fn send_batch<N>(
+    segment: usize,
+    batch: &mut Batch<N>,
+    note: &mut impl FnMut(&Record) -> N,
+    tx: &crossbeam_channel::Sender<Read<N>>,
+    spent: &crossbeam_channel::Receiver<Batch<N>>,
+) -> bool {
+    // A batch the applier is done with, its records freed here where they were allocated.
+    let next = match spent.try_recv() {
+        Ok(mut batch) => {
+            batch.clear();
+            batch
+        }
+        Err(_) => Batch::new(),
+    };
+    let mut full = std::mem::replace(batch, next);
+    full.take_notes(note);
+    tx.send(Read::Records {
+        segment,
+        batch: full,
     })
+    .is_ok()
 }
 
 /// The reason given for a tail of zeros: the writer writes zeros ahead of its records, so

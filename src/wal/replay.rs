@@ -268,10 +268,15 @@ fn read_segments<N>(
         return;
     };
     let (checked_tx, checked_rx) = crossbeam_channel::bounded(CHECKED_IN_FLIGHT);
+    // One token per segment read and not yet decoded: the file thread puts one in before it
+    // reads a segment, this thread takes one out at each segment's end. So the bytes held are
+    // at most SEGMENTS_HELD segments, whatever the records' sizes (a message holds its
+    // segment's bytes, and big records make few messages).
+    let (held_tx, held_rx) = crossbeam_channel::bounded(SEGMENTS_HELD);
     std::thread::scope(|scope| {
         let files = std::thread::Builder::new()
             .name("stockd-replay-file".into())
-            .spawn_scoped(scope, move || check_segments(segments, checked_tx));
+            .spawn_scoped(scope, move || check_segments(segments, checked_tx, held_tx));
         let files = match files {
             Ok(handle) => handle,
             Err(e) => {
@@ -287,6 +292,10 @@ fn read_segments<N>(
         for checked in checked_rx.iter() {
             let path = &segments[checked.segment].1;
             let go_on = decode_frames(&checked, path, &mut batch, note, &tx, &spent);
+            if checked.end.is_some() {
+                // The segment is decoded: the file thread may read another.
+                let _ = held_rx.try_recv();
+            }
             let end = match (go_on, checked.end) {
                 (Ok(false), _) => break,
                 (Ok(true), None) => continue,
@@ -312,8 +321,10 @@ fn read_segments<N>(
                 break;
             }
         }
-        // Hang up first, so that a file thread waiting to hand over more stops.
+        // Hang up first, so that a file thread waiting to hand over more, or to read more,
+        // stops.
         drop(checked_rx);
+        drop(held_rx);
         if let Err(panic) = files.join() {
             std::panic::resume_unwind(panic);
         }
@@ -324,8 +335,11 @@ fn read_segments<N>(
 /// per frame, few enough that decoding starts at once.
 const CHECKED_FRAMES: usize = 16 * 1024;
 /// Messages in flight from the file thread: about a segment of small records, so that the
-/// next file is read while this one is decoded. Bounds the bytes held to ~3 segments.
+/// file thread is not held up while the next segment waits. Bounds the offsets held (8 MiB).
 const CHECKED_IN_FLIGHT: usize = 64;
+/// Segments read and not yet decoded: the one being decoded and the next, read and checked
+/// meanwhile. Bounds the segments' bytes held.
+const SEGMENTS_HELD: usize = 2;
 
 /// Frames of one segment whose checksums are good, for the reading thread to decode.
 struct Checked {
@@ -343,10 +357,18 @@ struct Checked {
 /// The file thread: reads each segment in order, checks its header and frames, and hands
 /// the good frames on in order, then how the segment ends. Corruption is sent after the
 /// frames before it, so that those are decoded (and their own faults reported) first, as
-/// if read one by one. Stops at the first error or when the reading thread hangs up.
-fn check_segments(segments: &[(u64, PathBuf)], checked_tx: crossbeam_channel::Sender<Checked>) {
+/// if read one by one. Stops at the first error or when the reading thread hangs up. Puts a
+/// token in `held` before reading each segment (see [`read_segments`]).
+fn check_segments(
+    segments: &[(u64, PathBuf)],
+    checked_tx: crossbeam_channel::Sender<Checked>,
+    held: crossbeam_channel::Sender<()>,
+) {
     let count = segments.len();
     for (segment, (_, path)) in segments.iter().enumerate() {
+        if held.send(()).is_err() {
+            return;
+        }
         let bytes = match std::fs::read(path) {
             Ok(bytes) => Arc::new(bytes),
             Err(e) => {

@@ -33,6 +33,14 @@ fn record(n: u64) -> Record {
     }
 }
 
+/// Rewrites segment `n` (numbered from 1) of the log in `dir` as `edit` changes its bytes.
+fn edit_segment(dir: &Path, n: u64, edit: impl FnOnce(&mut Vec<u8>)) {
+    let path = dir.join(file_name(n));
+    let mut bytes = std::fs::read(&path).expect("read segment");
+    edit(&mut bytes);
+    std::fs::write(&path, &bytes).expect("write segment");
+}
+
 /// Writes the log; returns, per segment, the offset of each record's frame.
 fn write_log(dir: &Path) -> Vec<Vec<u64>> {
     let mut offsets = Vec::new();
@@ -84,11 +92,10 @@ fn a_torn_tail_after_many_batches_is_cut_there_and_keeps_everything_before() {
     let dir = tempfile::tempdir().expect("tempdir");
     let offsets = write_log(dir.path());
     let last = dir.path().join(file_name(SEGMENTS));
-    let mut bytes = std::fs::read(&last).expect("read");
     let keep = 34_817usize; // past two hand-overs of checked frames, and 2,049 records more
     let cut_at = offsets[SEGMENTS as usize - 1][keep] as usize;
-    bytes.truncate(cut_at + 5); // the next frame, cut inside its header
-    std::fs::write(&last, &bytes).expect("write");
+    // The next frame, cut inside its header.
+    edit_segment(dir.path(), SEGMENTS, |bytes| bytes.truncate(cut_at + 5));
 
     let mut count = 0u64;
     let outcome = replay(dir.path(), Mode::Repair, |r, _| {
@@ -139,11 +146,11 @@ fn an_apply_error_stops_replay_at_that_record_and_names_it() {
 fn damage_in_an_earlier_segment_stops_after_applying_what_precedes_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let offsets = write_log(dir.path());
-    let first = dir.path().join(file_name(1));
-    let mut bytes = std::fs::read(&first).expect("read");
     let at = offsets[0][20_000] as usize; // in the second hand-over of checked frames
-    bytes[at + 10] ^= 0x40; // a payload byte: the checksum no longer matches
-    std::fs::write(&first, &bytes).expect("write");
+                                          // A payload byte: the checksum no longer matches.
+    edit_segment(dir.path(), 1, |bytes| bytes[at + 10] ^= 0x40);
+    let first = dir.path().join(file_name(1));
+    let damaged_len = std::fs::metadata(&first).expect("stat").len();
 
     let mut applied = 0u64;
     let err = replay(dir.path(), Mode::Repair, |_, _| {
@@ -156,8 +163,8 @@ fn damage_in_an_earlier_segment_stops_after_applying_what_precedes_it() {
     assert!(text.contains(&file_name(1)), "{text}");
     assert!(text.contains(&format!("offset {at}")), "{text}");
     assert_eq!(
-        std::fs::read(&first).expect("read").len(),
-        bytes.len(),
+        std::fs::metadata(&first).expect("stat").len(),
+        damaged_len,
         "corruption is reported, never cut"
     );
 }
@@ -296,8 +303,6 @@ fn a_reservation_made_twice_or_ended_before_it_is_made_is_refused_at_that_record
 fn an_undecodable_record_with_a_good_checksum_stops_replay_there() {
     let dir = tempfile::tempdir().expect("tempdir");
     let offsets = write_log(dir.path());
-    let second = dir.path().join(file_name(2));
-    let mut bytes = std::fs::read(&second).expect("read");
     let at = offsets[1][17_000] as usize; // in the second hand-over of checked frames
     let payload = [0xFFu8; 12]; // a variant index no envelope has
     let len = (payload.len() as u32).to_le_bytes();
@@ -305,8 +310,9 @@ fn an_undecodable_record_with_a_good_checksum_stops_replay_there() {
     let mut frame = len.to_vec();
     frame.extend_from_slice(&crc.to_le_bytes());
     frame.extend_from_slice(&payload);
-    bytes.splice(at..at, frame);
-    std::fs::write(&second, &bytes).expect("write");
+    edit_segment(dir.path(), 2, |bytes| {
+        bytes.splice(at..at, frame);
+    });
 
     let mut applied = 0u64;
     let err = replay(dir.path(), Mode::ReadOnly, |r, _| {

@@ -406,11 +406,7 @@ fn check_segment(
     is_last: bool,
     send: &mut impl FnMut(Vec<usize>, Option<Result<SegmentEnd, WalError>>) -> bool,
 ) -> bool {
-    let corrupt = |offset: usize, reason: String| WalError::Corrupt {
-        path: path.to_path_buf(),
-        offset: offset as u64,
-        reason,
-    };
+    let corrupt = |offset, reason| corrupt(path, offset, reason);
     if bytes.len() < HEADER_BYTES && is_last && segment::header().starts_with(bytes) {
         // Crash while creating the segment: nothing was ever acknowledged in it.
         let end = SegmentEnd {
@@ -488,10 +484,12 @@ fn decode_frames<N>(
     for frame in checked.bounds.windows(2) {
         let (offset, next) = (frame[0], frame[1]);
         let payload = &checked.bytes[offset + FRAME_HEADER_BYTES..next];
-        let record = decode_payload(payload).map_err(|e| WalError::Corrupt {
-            path: path.to_path_buf(),
-            offset: offset as u64,
-            reason: format!("checksum ok but record undecodable: {e}"),
+        let record = decode_payload(payload).map_err(|e| {
+            corrupt(
+                path,
+                offset,
+                format!("checksum ok but record undecodable: {e}"),
+            )
         })?;
         batch.records.push((record, offset as u64));
         if batch.records.len() == BATCH_RECORDS
@@ -527,6 +525,16 @@ fn send_batch<N>(
         batch: full,
     })
     .is_ok()
+}
+
+/// Corruption at byte `offset` of the segment at `path`: found by the file thread's checks
+/// or by decoding, reported the same way.
+fn corrupt(path: &Path, offset: usize, reason: String) -> WalError {
+    WalError::Corrupt {
+        path: path.to_path_buf(),
+        offset: offset as u64,
+        reason,
+    }
 }
 
 /// The reason given for a tail of zeros: the writer writes zeros ahead of its records, so

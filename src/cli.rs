@@ -106,7 +106,7 @@ fn touched_skus(ledger: &Ledger, event: &Event) -> Vec<Sku> {
         | Event::Released { reservation_id, .. }
         | Event::Extended { reservation_id, .. } => ledger
             .reservation(reservation_id)
-            .map(|r| r.items().iter().map(|i| i.sku.clone()).collect())
+            .map(|r| r.held().map(|(sku, _)| sku.clone()).collect())
             .unwrap_or_default(),
     }
 }

@@ -86,7 +86,7 @@ pub fn seed_from_passive(shared: &Shared, sku: &Sku, passive: registry::Passive)
         let r = ledger
             .reservation(&id)
             .unwrap_or_else(|| panic!("{sku}: held reservation {id} is not in the ledger"));
-        if crate::ledger::home_of(r.items()) != sku {
+        if r.home() != sku {
             seed.holds.insert(id, units);
             continue;
         }

@@ -60,9 +60,9 @@ impl Home {
     }
 
     /// An active reservation as the ledger has it, its deadline on the monotonic clock.
-    pub fn active(r: &crate::ledger::Reservation, clock: &dyn crate::clock::Clock) -> Home {
+    pub fn active(r: crate::ledger::ReservationRef<'_>, clock: &dyn crate::clock::Clock) -> Home {
         Home {
-            items: r.items().iter().cloned().collect(),
+            items: r.items(),
             status: ReservationStatus::Active,
             deadline: deadline_at(r.expires_at_ms, clock),
             end_lsn: 0,
@@ -368,7 +368,7 @@ impl ProductActor {
                 return None;
             }
             let home = Home {
-                items: r.items().iter().cloned().collect(),
+                items: r.items(),
                 status: r.status,
                 deadline: self.shared.clock.now(),
                 end_lsn: 0,

@@ -882,7 +882,7 @@ impl Engine {
             .ledger
             .read()
             .reservation(id)
-            .map(|r| r.items().to_vec())
+            .map(|r| r.items().into_vec())
             .ok_or_else(|| EngineError::NotFound(format!("no reservation {id}")))?;
         Ok((home_of(&items).clone(), items))
     }
@@ -1125,13 +1125,10 @@ fn start_states(ledger: &Ledger, clock: &dyn Clock) -> (Vec<(Sku, Passive)>, Vec
         if r.status != ReservationStatus::Active {
             continue;
         }
-        for item in r.items() {
-            held.entry(&item.sku)
-                .or_default()
-                .holds
-                .push((*id, item.quantity));
+        for (sku, quantity) in r.held() {
+            held.entry(sku).or_default().holds.push((*id, quantity));
         }
-        let home = home_of(r.items());
+        let home = r.home();
         let earliest = &mut held.entry(home).or_default().earliest_ms;
         *earliest = Some(earliest.map_or(r.expires_at_ms, |e| e.min(r.expires_at_ms)));
         if r.expires_at_ms <= now_ms {

@@ -42,8 +42,23 @@ impl Products {
     }
 
     pub(super) fn get_mut(&mut self, sku: &str) -> Option<&mut Product> {
+        self.slot_mut(sku).map(|(_, product)| product)
+    }
+
+    /// The product and its slot, which stays its own for good (products are never removed):
+    /// reservations keep the slot instead of the SKU.
+    pub(super) fn slot_mut(&mut self, sku: &str) -> Option<(u32, &mut Product)> {
         let slot = *self.by_sku.get(sku)?;
-        Some(self.arena.get_mut(slot))
+        Some((slot, self.arena.get_mut(slot)))
+    }
+
+    /// The product at `slot`, as [`Products::slot_mut`] gave it.
+    pub(super) fn at(&self, slot: u32) -> &Product {
+        self.arena.get(slot)
+    }
+
+    pub(super) fn at_mut(&mut self, slot: u32) -> &mut Product {
+        self.arena.get_mut(slot)
     }
 
     pub(super) fn len(&self) -> usize {

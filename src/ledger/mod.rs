@@ -277,7 +277,7 @@ impl Reservation {
 }
 
 /// A reservation and the catalog its items' slots point into: what the ledger hands out.
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 pub struct ReservationRef<'a> {
     reservation: &'a Reservation,
     products: &'a products::Products,
@@ -301,6 +301,7 @@ impl<'a> ReservationRef<'a> {
             .map(move |held| (&products.at(held.product).sku, held.quantity))
     }
 
+    /// The items as reserved, each with its SKU (a clone of the product's, no copy).
     pub fn items(&self) -> SmallVec<[Item; 1]> {
         self.held()
             .map(|(sku, quantity)| Item {

@@ -340,6 +340,15 @@ const CHECKED_IN_FLIGHT: usize = 64;
 /// Segments read and not yet decoded: the one being decoded and the next, read and checked
 /// meanwhile. Bounds the segments' bytes held.
 const SEGMENTS_HELD: usize = 2;
+/// Times the last segment is read again when it shows a fault with a good record after it.
+/// `verify` and `dump` take no lock, so they may read a log a server is appending to, and a
+/// read that copies one page before a write and the next page after it shows a hole before a
+/// good record: corruption to a reader that looks once. The write is done within
+/// microseconds, so a second look settles it; a fault still there after these looks is
+/// real. (Each look holds the segment's bytes once more until its frames are decoded.)
+const LAST_SEGMENT_REREADS: usize = 3;
+/// Between those looks: ample time for a write in progress to finish.
+const REREAD_PAUSE_MS: u64 = 5;
 
 /// Frames of one segment whose checksums are good, for the reading thread to decode.
 struct Checked {
@@ -369,45 +378,72 @@ fn check_segments(
         if held.send(()).is_err() {
             return;
         }
-        let bytes = match std::fs::read(path) {
-            Ok(bytes) => Arc::new(bytes),
-            Err(e) => {
-                let _ = checked_tx.send(Checked {
+        let is_last = segment + 1 == count;
+        // Where checking starts: the header, or, after a re-read, the fault seen before.
+        let mut from = 0;
+        let mut rereads = 0;
+        loop {
+            let bytes = match std::fs::read(path) {
+                Ok(bytes) => Arc::new(bytes),
+                Err(e) => {
+                    let _ = checked_tx.send(Checked {
+                        segment,
+                        bytes: Arc::default(),
+                        bounds: Vec::new(),
+                        end: Some(Err(WalError::io("cannot read log segment", path, e))),
+                    });
+                    return;
+                }
+            };
+            let mut send = |bounds: Vec<usize>, end: Option<Result<SegmentEnd, WalError>>| {
+                let stop = matches!(end, Some(Err(_)));
+                let sent = checked_tx.send(Checked {
                     segment,
-                    bytes: Arc::default(),
-                    bounds: Vec::new(),
-                    end: Some(Err(WalError::io("cannot read log segment", path, e))),
+                    bytes: bytes.clone(),
+                    bounds,
+                    end,
                 });
-                return;
+                sent.is_ok() && !stop
+            };
+            let may_reread = is_last && rereads < LAST_SEGMENT_REREADS;
+            match check_segment(path, &bytes, from, may_reread, is_last, &mut send) {
+                SegmentChecked::Done(true) => break,
+                SegmentChecked::Done(false) => return,
+                SegmentChecked::Reread { at } => {
+                    // The log only grows, so what was checked before `at` is as it was.
+                    from = at;
+                    rereads += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(REREAD_PAUSE_MS));
+                }
             }
-        };
-        let mut send = |bounds: Vec<usize>, end: Option<Result<SegmentEnd, WalError>>| {
-            let stop = matches!(end, Some(Err(_)));
-            let sent = checked_tx.send(Checked {
-                segment,
-                bytes: bytes.clone(),
-                bounds,
-                end,
-            });
-            sent.is_ok() && !stop
-        };
-        if !check_segment(path, &bytes, segment + 1 == count, &mut send) {
-            return;
         }
     }
 }
 
-/// Checks one segment's header and frames, handing on the good frames [`CHECKED_FRAMES`] at a
-/// time through `send`, and last how the segment ends (or the corruption found). Returns
-/// whether to go on: false once `send` says so.
+/// What checking a segment came to.
+enum SegmentChecked {
+    /// Checked to its end, or the fault found was sent: go on if true.
+    Done(bool),
+    /// A fault with a good record after it, in the last segment: the frames before it were
+    /// sent; read the segment again and check on from byte `at`.
+    Reread { at: usize },
+}
+
+/// Checks one segment's header and frames from byte `from` (0: the header first), handing on
+/// the good frames [`CHECKED_FRAMES`] at a time through `send`, and last how the segment ends
+/// (or the corruption found). With `may_reread`, a fault that has a good record after it is
+/// not sent but answered with [`SegmentChecked::Reread`] (see [`LAST_SEGMENT_REREADS`]).
 fn check_segment(
     path: &Path,
     bytes: &[u8],
+    from: usize,
+    may_reread: bool,
     is_last: bool,
     send: &mut impl FnMut(Vec<usize>, Option<Result<SegmentEnd, WalError>>) -> bool,
-) -> bool {
+) -> SegmentChecked {
     let corrupt = |offset, reason| corrupt(path, offset, reason);
-    if bytes.len() < HEADER_BYTES && is_last && segment::header().starts_with(bytes) {
+    let done = SegmentChecked::Done;
+    if from == 0 && bytes.len() < HEADER_BYTES && is_last && segment::header().starts_with(bytes) {
         // Crash while creating the segment: nothing was ever acknowledged in it.
         let end = SegmentEnd {
             valid_bytes: bytes.len() as u64,
@@ -419,12 +455,16 @@ fn check_segment(
             }),
             header_torn: true,
         };
-        return send(Vec::new(), Some(Ok(end)));
+        return done(send(Vec::new(), Some(Ok(end))));
     }
-    if let Err(reason) = segment::check_header(bytes) {
-        return send(Vec::new(), Some(Err(corrupt(0, reason))));
+    if from == 0 {
+        if let Err(reason) = segment::check_header(bytes) {
+            return done(send(Vec::new(), Some(Err(corrupt(0, reason)))));
+        }
     }
-    let mut offset = HEADER_BYTES;
+    // Past the end only if the file shrank since the first look (a server starting on it
+    // cut a torn tail): then it ends where that look's good frames did.
+    let mut offset = from.max(HEADER_BYTES).min(bytes.len());
     let mut bounds = Vec::with_capacity(CHECKED_FRAMES + 1);
     let tail: Option<(usize, String)> = loop {
         match read_frame(bytes, offset) {
@@ -436,7 +476,7 @@ fn check_segment(
                     let full =
                         std::mem::replace(&mut bounds, Vec::with_capacity(CHECKED_FRAMES + 1));
                     if !send(full, None) {
-                        return false;
+                        return done(false);
                     }
                 }
             }
@@ -450,11 +490,18 @@ fn check_segment(
     let mut torn = None;
     if let Some((bad_at, reason)) = tail {
         if !is_last {
-            return send(bounds, Some(Err(corrupt(bad_at, reason))));
+            return done(send(bounds, Some(Err(corrupt(bad_at, reason)))));
         }
         if let Some(valid_at) = find_valid_frame_after(bytes, bad_at) {
+            if may_reread {
+                // `bounds` ends where the good frames do: send them if there are any.
+                if bounds.len() > 1 && !send(bounds, None) {
+                    return done(false);
+                }
+                return SegmentChecked::Reread { at: bad_at };
+            }
             let reason = format!("{reason}, yet a valid record follows at offset {valid_at}");
-            return send(bounds, Some(Err(corrupt(bad_at, reason))));
+            return done(send(bounds, Some(Err(corrupt(bad_at, reason)))));
         }
         torn = Some(TornTail {
             path: path.to_path_buf(),
@@ -468,7 +515,7 @@ fn check_segment(
         torn,
         header_torn: false,
     };
-    send(bounds, Some(Ok(end)))
+    done(send(bounds, Some(Ok(end))))
 }
 
 /// Decodes one message's frames into `batch`, sending it on whenever it is full. Returns
@@ -554,4 +601,86 @@ fn find_valid_frame_after(bytes: &[u8], bad_at: usize) -> Option<usize> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::frame::encode_record;
+    use crate::wal::Event;
+
+    fn frame(n: u128) -> Vec<u8> {
+        let record = Record {
+            at_ms: 1,
+            actor: "t".into(),
+            op_id: uuid::Uuid::from_u128(n),
+            event: Event::Extended {
+                reservation_id: uuid::Uuid::from_u128(n),
+                expires_at_ms: 2,
+            },
+        };
+        let mut out = Vec::new();
+        encode_record(&record, &mut out).unwrap();
+        out
+    }
+
+    /// What `check_segment` sent: each message's frame bounds, and the end if one came.
+    type Sent = Vec<(Vec<usize>, Option<Result<SegmentEnd, WalError>>)>;
+
+    fn check(bytes: &[u8], from: usize, may_reread: bool) -> (SegmentChecked, Sent) {
+        let mut sent = Sent::new();
+        let mut send = |bounds: Vec<usize>, end: Option<Result<SegmentEnd, WalError>>| {
+            let stop = matches!(end, Some(Err(_)));
+            sent.push((bounds, end));
+            !stop
+        };
+        let path = Path::new("0000000000000001.log");
+        let checked = check_segment(path, bytes, from, may_reread, true, &mut send);
+        (checked, sent)
+    }
+
+    /// A read of the last segment that copied a page before a write and the next after it
+    /// shows a hole before a good record. Checked again from the hole, once the write has
+    /// landed, the segment is whole; a hole still there at the last look is corruption.
+    #[test]
+    fn a_hole_before_a_good_record_in_the_last_segment_is_looked_at_again() {
+        let (a, b, c) = (frame(1), frame(2), frame(3));
+        let hole_at = HEADER_BYTES + a.len();
+        let mut whole = segment::header().to_vec();
+        for f in [&a, &b, &c] {
+            whole.extend_from_slice(f);
+        }
+        let mut torn_read = whole.clone();
+        torn_read[hole_at..hole_at + b.len()].fill(0);
+
+        let (checked, sent) = check(&torn_read, 0, true);
+        assert!(matches!(checked, SegmentChecked::Reread { at } if at == hole_at));
+        assert_eq!(sent.len(), 1, "the good frame before the hole, and no end");
+        assert_eq!(sent[0].0, vec![HEADER_BYTES, hole_at]);
+        assert!(sent[0].1.is_none());
+
+        let (checked, sent) = check(&whole, hole_at, true);
+        assert!(matches!(checked, SegmentChecked::Done(true)));
+        let c_at = hole_at + b.len();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].0, vec![hole_at, c_at, whole.len()]);
+        match &sent[0].1 {
+            Some(Ok(end)) => {
+                assert_eq!(end.valid_bytes, whole.len() as u64);
+                assert!(end.torn.is_none());
+            }
+            _ => panic!("the segment ends cleanly"),
+        }
+
+        let (checked, sent) = check(&torn_read, hole_at, false);
+        assert!(matches!(checked, SegmentChecked::Done(false)));
+        match sent.last() {
+            Some((bounds, Some(Err(WalError::Corrupt { offset, reason, .. })))) => {
+                assert_eq!(bounds, &vec![hole_at]);
+                assert_eq!(*offset, hole_at as u64);
+                assert!(reason.contains(&format!("valid record follows at offset {c_at}")));
+            }
+            _ => panic!("a hole still there at the last look is corruption"),
+        }
+    }
 }

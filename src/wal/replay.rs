@@ -463,7 +463,7 @@ fn check_segment(
         }
     }
     // Past the end only if the file shrank since the first look (a server starting on it
-    // cut a torn tail): then it ends where that look's good frames did.
+    // cut a torn tail): then nothing more is read from it.
     let mut offset = from.max(HEADER_BYTES).min(bytes.len());
     let mut bounds = Vec::with_capacity(CHECKED_FRAMES + 1);
     let tail: Option<(usize, String)> = loop {

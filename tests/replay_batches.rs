@@ -146,8 +146,9 @@ fn an_apply_error_stops_replay_at_that_record_and_names_it() {
 fn damage_in_an_earlier_segment_stops_after_applying_what_precedes_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let offsets = write_log(dir.path());
-    let at = offsets[0][20_000] as usize; // in the second hand-over of checked frames
-                                          // A payload byte: the checksum no longer matches.
+    // In the second hand-over of checked frames; a payload byte, so the checksum no longer
+    // matches.
+    let at = offsets[0][20_000] as usize;
     edit_segment(dir.path(), 1, |bytes| bytes[at + 10] ^= 0x40);
     let first = dir.path().join(file_name(1));
     let damaged_len = std::fs::metadata(&first).expect("stat").len();

@@ -19,6 +19,7 @@
 //! another thread's heap through an atomic list, which cost the applying thread 8%.
 
 use std::fs::OpenOptions;
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -292,11 +293,20 @@ fn read_segments<N>(
         for checked in checked_rx.iter() {
             let path = &segments[checked.segment].1;
             let go_on = decode_frames(&checked, path, &mut batch, note, &tx, &spent);
-            if checked.end.is_some() {
+            let Checked {
+                segment,
+                bytes,
+                end,
+                ..
+            } = checked;
+            // Let go of the segment's bytes first, so the file thread can read the next
+            // segment into them (see `Kept`).
+            drop(bytes);
+            if end.is_some() {
                 // The segment is decoded: the file thread may read another.
                 let _ = held_rx.try_recv();
             }
-            let end = match (go_on, checked.end) {
+            let end = match (go_on, end) {
                 (Ok(false), _) => break,
                 (Ok(true), None) => continue,
                 (Err(e), _) | (Ok(true), Some(Err(e))) => Err(e),
@@ -304,16 +314,11 @@ fn read_segments<N>(
             };
             // A segment's records go before its end, and records before a fault before the
             // fault (`dump` shows them).
-            if !batch.records.is_empty()
-                && !send_batch(checked.segment, &mut batch, note, &tx, &spent)
-            {
+            if !batch.records.is_empty() && !send_batch(segment, &mut batch, note, &tx, &spent) {
                 break;
             }
             let read = match end {
-                Ok(end) => Read::SegmentEnd {
-                    segment: checked.segment,
-                    end,
-                },
+                Ok(end) => Read::SegmentEnd { segment, end },
                 Err(e) => Read::Failed(e),
             };
             let failed = matches!(read, Read::Failed(_));
@@ -374,6 +379,7 @@ fn check_segments(
     held: crossbeam_channel::Sender<()>,
 ) {
     let count = segments.len();
+    let mut kept = Kept::for_segments(segments);
     for (segment, (_, path)) in segments.iter().enumerate() {
         if held.send(()).is_err() {
             return;
@@ -383,8 +389,8 @@ fn check_segments(
         let mut from = 0;
         let mut rereads = 0;
         loop {
-            let bytes = match std::fs::read(path) {
-                Ok(bytes) => Arc::new(bytes),
+            let bytes = match read_into(path, kept.spare()) {
+                Ok(bytes) => kept.keep(bytes),
                 Err(e) => {
                     let _ = checked_tx.send(Checked {
                         segment,
@@ -418,6 +424,68 @@ fn check_segments(
             }
         }
     }
+}
+
+/// Buffers of the segments read last, so that the next is read into one whose segment is
+/// decoded instead of into fresh memory: the kernel clears every page of fresh memory on its
+/// first touch. Reading the 10M-record log into a new buffer per segment faulted in ~90k
+/// pages on the file thread, a third of the replay's faults; with these, ~33k (the first two
+/// segments). The process as a whole saves less than that, as the allocator used to hand
+/// the freed segments' memory on to the ledger, which now faults in its own.
+struct Kept {
+    buffers: Vec<Arc<Vec<u8>>>,
+    /// Room in each new buffer: the largest segment's size when replay began. Segments
+    /// differ by a few bytes, and a buffer a little short would be grown by doubling.
+    capacity_bytes: usize,
+}
+
+impl Kept {
+    fn for_segments(segments: &[(u64, PathBuf)]) -> Kept {
+        let largest = segments
+            .iter()
+            .filter_map(|(_, path)| std::fs::metadata(path).ok())
+            .map(|metadata| metadata.len())
+            .max();
+        Kept {
+            buffers: Vec::with_capacity(Self::BUFFERS),
+            capacity_bytes: largest.map_or(0, |bytes| usize::try_from(bytes).unwrap_or(0)),
+        }
+    }
+
+    /// A segment is read only while fewer than [`SEGMENTS_HELD`] segments read before it
+    /// wait to be decoded (the held tokens), so one of the last this many is usually free.
+    const BUFFERS: usize = SEGMENTS_HELD;
+
+    /// An empty buffer: a kept one that nothing else holds any more (its segment decoded),
+    /// else a new one.
+    fn spare(&mut self) -> Vec<u8> {
+        let Some(free) = self.buffers.iter().position(|b| Arc::strong_count(b) == 1) else {
+            return Vec::with_capacity(self.capacity_bytes);
+        };
+        // Only this thread holds it, so nothing can take another hold of it meanwhile.
+        let mut buffer = Arc::try_unwrap(self.buffers.remove(free))
+            .expect("a buffer only this thread holds unwraps");
+        buffer.clear();
+        buffer
+    }
+
+    /// Shares `bytes` and keeps them to read a later segment into, dropping the oldest kept.
+    fn keep(&mut self, bytes: Vec<u8>) -> Arc<Vec<u8>> {
+        let bytes = Arc::new(bytes);
+        if self.buffers.len() == Self::BUFFERS {
+            self.buffers.remove(0);
+        }
+        self.buffers.push(bytes.clone());
+        bytes
+    }
+}
+
+/// Reads the whole file at `path` into `buffer` (emptied), growing it only if it is short
+/// (a segment being written may have grown since replay began).
+fn read_into(path: &Path, mut buffer: Vec<u8>) -> std::io::Result<Vec<u8>> {
+    buffer.clear();
+    std::fs::File::open(path)?.read_to_end(&mut buffer)?;
+    Ok(buffer)
 }
 
 /// What checking a segment came to.
@@ -637,6 +705,51 @@ mod tests {
         let path = Path::new("0000000000000001.log");
         let checked = check_segment(path, bytes, from, may_reread, true, &mut send);
         (checked, sent)
+    }
+
+    /// A segment's buffer is read into again only once nothing else holds it (its frames
+    /// are decoded), and a buffer shorter than the file grows to take it all.
+    #[test]
+    fn a_segment_buffer_is_reused_only_once_nothing_else_holds_it() {
+        let mut kept = Kept {
+            buffers: Vec::new(),
+            capacity_bytes: 64,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let (short, long) = (dir.path().join("short"), dir.path().join("long"));
+        std::fs::write(&short, [7u8; 10]).unwrap();
+        std::fs::write(&long, [9u8; 100]).unwrap();
+
+        let read = |kept: &mut Kept, path: &Path| {
+            let spare = kept.spare();
+            kept.keep(read_into(path, spare).unwrap())
+        };
+        let first = read(&mut kept, &short);
+        assert!(first.capacity() >= 64 && first[..] == [7u8; 10]);
+        let second = read(&mut kept, &long);
+        assert_eq!(
+            second[..],
+            [9u8; 100],
+            "grown past its capacity to the whole file"
+        );
+
+        // Both still held (as by messages not yet decoded): a new buffer.
+        let fresh = kept.spare();
+        assert!(fresh.is_empty() && fresh.as_ptr() != first.as_ptr());
+        assert!(fresh.as_ptr() != second.as_ptr());
+
+        // The first decoded: its buffer comes back, emptied.
+        let first_at = first.as_ptr();
+        drop(first);
+        let reused = kept.spare();
+        assert!(reused.is_empty() && reused.as_ptr() == first_at);
+
+        // No more than `Kept::BUFFERS` are kept: the oldest goes.
+        let third = kept.keep(reused);
+        let fourth = kept.keep(fresh);
+        assert_eq!(kept.buffers.len(), Kept::BUFFERS);
+        assert!(kept.buffers.iter().all(|b| !Arc::ptr_eq(b, &second)));
+        assert!(Arc::ptr_eq(&kept.buffers[0], &third) && Arc::ptr_eq(&kept.buffers[1], &fourth));
     }
 
     /// A read of the last segment that copied a page before a write and the next after it

@@ -7,6 +7,7 @@
 //! (invariant 7). The actors hold the live, possibly not-yet-durable counts that decisions
 //! are made against; the ledger is what may be shown.
 
+mod arena;
 mod history;
 mod products;
 mod reservations;
@@ -26,7 +27,6 @@ use crate::domain::limits::{
     HISTORY_SCAN_ENTRIES_MAX, LOW_STOCK_THRESHOLD_DEFAULT, ON_HAND_MAX, OPERATION_ID_RETENTION_MS,
 };
 use crate::domain::{classify, Item, ReleaseReason, ReservationStatus, Sku, StockStatus};
-use crate::memory::Arena;
 use crate::wal::replay::{replay_batches, Mode, ReplayOutcome};
 use crate::wal::{Event, Record, WalError};
 use reservations::{Located, MadeTwice, ReplayIndex};
@@ -401,10 +401,10 @@ pub struct Ledger {
     products: products::Products,
     /// Every product's history entries, in log order; a product keeps their slots
     /// ([`history::History`] says why).
-    entries: Arena<HistoryEntry>,
+    entries: arena::Arena<HistoryEntry>,
     /// The free text (reference, note, reason) of the records that had some, by slot: shared
     /// by the entries of one record.
-    details: Arena<Detail>,
+    details: arena::Arena<Detail>,
     reservations: reservations::Reservations,
     sales: HashMap<Uuid, Sale>,
     product_ops: HashMap<Uuid, ProductOp>,
@@ -1277,7 +1277,7 @@ fn interned(p: &Product, item: &Item) -> Item {
 }
 
 fn push(
-    entries: &mut Arena<HistoryEntry>,
+    entries: &mut arena::Arena<HistoryEntry>,
     p: &mut Product,
     at_ms: i64,
     action: Action,

@@ -12,8 +12,8 @@ use std::ops::Bound;
 use crate::domain::Sku;
 use crate::memory::GrowingMap;
 
+use super::arena::Arena;
 use super::Product;
-use crate::memory::Arena;
 
 #[derive(Debug, Default)]
 pub(super) struct Products {

@@ -34,8 +34,8 @@ use crate::domain::ReleaseReason;
 use crate::memory::{ShardedMap, ShardedMapBuilder};
 use crate::wal::{Event, Record};
 
+use super::arena::Arena;
 use super::Reservation;
-use crate::memory::Arena;
 
 /// Entries of the recent table: a power of two. With ~500 new reservations between a hold
 /// and its end, 8,192 entries keep ~94% of them (each new one overwrites a random entry).

@@ -8,9 +8,6 @@
 
 use uuid::Uuid;
 
-mod arena;
-pub(crate) use arena::Arena;
-
 /// The hash map for a product's holds, which grow with traffic on that product.
 /// A `HashMap` grows by moving every entry into a table twice the size in one go; griddle
 /// moves a few entries per insert instead, so no single insert pays for the whole table
@@ -273,27 +270,19 @@ fn insert_new<V>(shard: &mut foldhash::HashMap<Uuid, V>, key: Uuid, value: V) ->
 /// previous one), and at the end each shard is built at its final size, in one pass over a
 /// table small enough to stay in the core's cache. 5M random ids, scratch measurement:
 /// 558-720 ms inserted one by one, 107-146 ms appended plus 103-143 ms to build.
-///
-/// Each shard's list is an [`Arena`], not a `Vec`: lists that doubled as they grew copied
-/// everything they held into fresh memory each time, and those copies and page faults were
-/// the largest cost after decoding itself on replay's reading thread, which collects these.
 pub struct ShardedMapBuilder<V> {
-    pending: Box<[Arena<(Uuid, V), PENDING_CHUNK_LEN>]>,
+    pending: Box<[Vec<(Uuid, V)>]>,
 }
-
-/// Entries per chunk of a shard's list: 20 KiB of 20-byte entries, so a replay with a few
-/// ids holds little, and one with millions (~20k per shard) makes ~20 chunks per shard.
-const PENDING_CHUNK_LEN: usize = 1024;
 
 impl<V> Default for ShardedMapBuilder<V> {
     fn default() -> Self {
         ShardedMapBuilder {
-            pending: (0..SHARDS).map(|_| Arena::default()).collect(),
+            pending: (0..SHARDS).map(|_| Vec::new()).collect(),
         }
     }
 }
 
-impl<V: Copy + Send> ShardedMapBuilder<V> {
+impl<V: Send> ShardedMapBuilder<V> {
     pub fn push(&mut self, key: Uuid, value: V) {
         self.pending[ShardedMap::<V>::shard(&key)].push((key, value));
     }
@@ -303,7 +292,7 @@ impl<V: Copy + Send> ShardedMapBuilder<V> {
     pub fn build(self) -> Result<ShardedMap<V>, Vec<(Uuid, V)>> {
         let mut pending = self.pending.into_vec();
         let later = pending.split_off(pending.len() / 2);
-        let build_all = |lists: Vec<Arena<(Uuid, V), PENDING_CHUNK_LEN>>| {
+        let build_all = |lists: Vec<Vec<(Uuid, V)>>| {
             let mut twice = Vec::new();
             let shards: Vec<_> = lists
                 .into_iter()
@@ -312,7 +301,7 @@ impl<V: Copy + Send> ShardedMapBuilder<V> {
                         list.len(),
                         foldhash::fast::RandomState::default(),
                     );
-                    for &(key, value) in list.iter() {
+                    for (key, value) in list {
                         twice.extend(insert_new(&mut shard, key, value));
                     }
                     shard

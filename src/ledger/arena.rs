@@ -1,11 +1,10 @@
 //! Append-only storage addressed by a `u32` slot, in fixed-size chunks that never move.
 //!
-//! Why not a `Vec`: the ledger's tables (and replay's lists of reservation ids) grow to
-//! millions of entries, on the log writer's thread between an fsync and its acknowledgements
-//! and throughout replay. A doubling vector copies everything into freshly faulted-in memory
-//! at each doubling (a stall for every waiting reply, and the largest cost of replay when
-//! reservations lived in a growing map) and keeps up to half its capacity unused. Entries
-//! are never removed.
+//! Why not a `Vec`: the ledger's tables grow to millions of entries, on the log writer's
+//! thread between an fsync and its acknowledgements and throughout replay. A doubling vector
+//! copies everything into freshly faulted-in memory at each doubling (a stall for every
+//! waiting reply, and the largest cost of replay when reservations lived in a growing map)
+//! and keeps up to half its capacity unused. Entries are never removed.
 
 /// Entries per chunk unless the user says otherwise: big enough that the chunk list of a
 /// table of millions stays short.
@@ -13,7 +12,7 @@ const CHUNK_LEN: usize = 4096;
 
 /// Chunks of `CHUNK` entries each, allocated whole.
 #[derive(Debug, Clone)]
-pub(crate) struct Arena<T, const CHUNK: usize = CHUNK_LEN> {
+pub(super) struct Arena<T, const CHUNK: usize = CHUNK_LEN> {
     chunks: Vec<Vec<T>>,
     len: usize,
 }
@@ -29,7 +28,7 @@ impl<T, const CHUNK: usize> Default for Arena<T, CHUNK> {
 
 impl<T, const CHUNK: usize> Arena<T, CHUNK> {
     /// Stores `value` and returns its slot.
-    pub(crate) fn push(&mut self, value: T) -> u32 {
+    pub(super) fn push(&mut self, value: T) -> u32 {
         let slot = u32::try_from(self.len).expect("fewer than 2^32 entries in memory");
         if self.chunks.last().is_none_or(|c| c.len() == CHUNK) {
             self.chunks.push(Vec::with_capacity(CHUNK));
@@ -42,22 +41,22 @@ impl<T, const CHUNK: usize> Arena<T, CHUNK> {
     }
 
     /// Panics on a slot never handed out: slots come only from [`Arena::push`].
-    pub(crate) fn get(&self, slot: u32) -> &T {
+    pub(super) fn get(&self, slot: u32) -> &T {
         let slot = slot as usize;
         &self.chunks[slot / CHUNK][slot % CHUNK]
     }
 
-    pub(crate) fn get_mut(&mut self, slot: u32) -> &mut T {
+    pub(super) fn get_mut(&mut self, slot: u32) -> &mut T {
         let slot = slot as usize;
         &mut self.chunks[slot / CHUNK][slot % CHUNK]
     }
 
-    pub(crate) fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.len
     }
 
     /// In the order pushed.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = &T> + '_ {
+    pub(super) fn iter(&self) -> impl Iterator<Item = &T> + '_ {
         self.chunks.iter().flatten()
     }
 }

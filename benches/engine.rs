@@ -4,7 +4,7 @@
 //!
 //! - durable reserves, one hot SKU and uniform over 10,000 SKUs, 1 / 64 / 1,024 callers
 //! - reserve + complete flows, 64 callers
-//! - record encode / decode
+//! - record encode / decode (borrowed, as replay does, and owned)
 //! - replay of a 1,000,000-record log (records/s)
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,7 +19,7 @@ use stockd::engine::requests::{Complete, PutProduct, Reserve};
 use stockd::engine::Engine;
 use stockd::ledger::Ledger;
 use stockd::wal::frame::{encode_record, read_frame, Frame};
-use stockd::wal::record::decode_payload;
+use stockd::wal::record::{decode_payload, decode_payload_ref};
 use stockd::wal::replay::Mode;
 use stockd::wal::segment::{file_name, header};
 use stockd::wal::{Event, Record};
@@ -222,7 +222,17 @@ fn codec(c: &mut Criterion) {
             encode_record(std::hint::black_box(&record), &mut out).expect("encode");
         })
     });
+    // Borrowed, as replay decodes: the record's text points into the frame.
     group.bench_function("check_and_decode", |b| {
+        b.iter(|| match read_frame(std::hint::black_box(&framed), 0) {
+            Frame::Valid { payload, .. } => {
+                std::hint::black_box(decode_payload_ref(payload).expect("decode"));
+            }
+            other => panic!("{other:?}"),
+        })
+    });
+    // Owned (strings and SKUs copied, then dropped), as replay decoded until borrowed records.
+    group.bench_function("check_and_decode_owned", |b| {
         b.iter(|| match read_frame(std::hint::black_box(&framed), 0) {
             Frame::Valid { payload, .. } => decode_payload(payload).expect("decode"),
             other => panic!("{other:?}"),

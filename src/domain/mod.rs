@@ -8,7 +8,7 @@ pub mod sku;
 
 pub use product::{classify, StockStatus};
 pub use reservation::{ReleaseReason, ReservationStatus};
-pub use sku::Sku;
+pub use sku::{Sku, SkuRef};
 
 /// One line of a multi-item operation: a SKU and how many units.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]

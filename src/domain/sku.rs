@@ -21,23 +21,77 @@ pub enum SkuError {
 
 impl Sku {
     pub fn parse(text: &str) -> Result<Sku, SkuError> {
-        if text.is_empty() {
-            return Err(SkuError::Empty);
-        }
-        if text.len() > SKU_MAX_BYTES {
-            return Err(SkuError::TooLong);
-        }
-        let ok = text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
-        if !ok {
-            return Err(SkuError::BadCharacter);
-        }
+        check(text)?;
         Ok(Sku(Arc::from(text)))
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// The rules of a SKU: 1..=64 characters of `A-Z a-z 0-9 . _ -`.
+fn check(text: &str) -> Result<(), SkuError> {
+    if text.is_empty() {
+        return Err(SkuError::Empty);
+    }
+    if text.len() > SKU_MAX_BYTES {
+        return Err(SkuError::TooLong);
+    }
+    let ok = text
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+    if !ok {
+        return Err(SkuError::BadCharacter);
+    }
+    Ok(())
+}
+
+/// A SKU borrowed from the bytes it was decoded from, checked like [`Sku::parse`]. Replay
+/// decodes records this way: most SKUs only find their product, and need no copy of their own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct SkuRef<'a>(&'a str);
+
+impl<'a> SkuRef<'a> {
+    pub fn as_str(&self) -> &'a str {
+        self.0
+    }
+
+    /// An owned SKU with the same text (already checked).
+    pub fn to_sku(&self) -> Sku {
+        Sku(Arc::from(self.0))
+    }
+}
+
+impl Sku {
+    pub fn borrowed(&self) -> SkuRef<'_> {
+        SkuRef(&self.0)
+    }
+}
+
+impl fmt::Display for SkuRef<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for SkuRef<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<SkuRef<'a>, D::Error> {
+        struct SkuRefVisitor;
+        impl<'de> serde::de::Visitor<'de> for SkuRefVisitor {
+            type Value = SkuRef<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a SKU borrowed from the input")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(
+                self,
+                text: &'de str,
+            ) -> Result<SkuRef<'de>, E> {
+                check(text).map_err(E::custom)?;
+                Ok(SkuRef(text))
+            }
+        }
+        d.deserialize_str(SkuRefVisitor)
     }
 }
 

@@ -26,7 +26,8 @@ use uuid::Uuid;
 use crate::domain::limits::{
     HISTORY_SCAN_ENTRIES_MAX, LOW_STOCK_THRESHOLD_DEFAULT, ON_HAND_MAX, OPERATION_ID_RETENTION_MS,
 };
-use crate::domain::{classify, Item, ReleaseReason, ReservationStatus, Sku, StockStatus};
+use crate::domain::{classify, Item, ReleaseReason, ReservationStatus, Sku, SkuRef, StockStatus};
+use crate::wal::record::{EventRef, RecordRef};
 use crate::wal::replay::{replay_batches, Mode, ReplayOutcome};
 use crate::wal::{Event, Record, WalError};
 use reservations::{Located, MadeTwice, ReplayIndex};
@@ -488,12 +489,11 @@ impl Ledger {
     /// Applies one durable record. `Err` means the log contradicts itself (a bug, or a log
     /// that was edited): replay reports it as corruption at that record. After an `Err` the
     /// ledger is not to be used again (an operation of several items may be half applied).
-    /// Takes the record by reference: what the ledger keeps it copies (strings are rare and
-    /// small), and the record is freed by whoever decoded it. In replay that is the reading
-    /// thread, where mimalloc frees locally; freeing another thread's blocks was 8% of the
-    /// applying thread's time.
+    /// The ledger applies records borrowed ([`RecordRef`]) and copies what it keeps (strings
+    /// are rare and small): replay decodes them so, without copying their text, and the
+    /// log writer's records are viewed so here.
     pub fn apply(&mut self, record: &Record) -> Result<(), String> {
-        self.apply_located(record, None)
+        self.apply_located(&record.borrowed(), None)
     }
 
     /// Replays the log in `dir` into a new ledger. The reading thread works out where each
@@ -524,25 +524,29 @@ impl Ledger {
 
     /// [`Ledger::apply`], finding the record's reservation at the slot replay's index gave
     /// when `located` is set, else in the ledger's own index.
-    fn apply_located(&mut self, record: &Record, located: Option<Located>) -> Result<(), String> {
-        let Record {
+    fn apply_located(
+        &mut self,
+        record: &RecordRef<'_>,
+        located: Option<Located>,
+    ) -> Result<(), String> {
+        let RecordRef {
             at_ms,
-            ref actor,
+            actor,
             op_id,
             ref event,
         } = *record;
         let actor = self.intern(actor);
         let details = &mut self.details;
-        let mut meta = |reference: Option<&String>,
-                        note: Option<&String>,
+        let mut meta = |reference: Option<&str>,
+                        note: Option<&str>,
                         reservation,
                         marker,
-                        reason: Option<&String>| {
+                        reason: Option<&str>| {
             let detail = (reference.is_some() || note.is_some() || reason.is_some()).then(|| {
                 Slot::new(details.push(Detail {
-                    reference: reference.cloned(),
-                    note: note.cloned(),
-                    reason: reason.cloned(),
+                    reference: reference.map(str::to_string),
+                    note: note.map(str::to_string),
+                    reason: reason.map(str::to_string),
                 }))
             });
             Tag {
@@ -552,12 +556,12 @@ impl Ledger {
                 detail,
             }
         };
-        let restock = matches!(event, Event::Restocked { .. });
+        let restock = matches!(event, EventRef::Restocked { .. });
         match *event {
-            Event::ProductPut {
-                ref sku,
+            EventRef::ProductPut {
+                sku,
                 created,
-                ref name,
+                name,
                 low_stock_threshold,
                 on_hand,
                 fingerprint,
@@ -569,8 +573,8 @@ impl Ledger {
                     }
                     let on_hand = on_hand.unwrap_or(0);
                     let mut p = Product {
-                        sku: sku.clone(),
-                        name: name.clone(),
+                        sku: sku.to_sku(),
+                        name: name.map(str::to_string),
                         low_stock_threshold: low_stock_threshold
                             .unwrap_or(LOW_STOCK_THRESHOLD_DEFAULT),
                         on_hand: 0,
@@ -591,7 +595,7 @@ impl Ledger {
                 } else {
                     let p = product_in(&mut self.products, sku)?;
                     if let Some(name) = name {
-                        p.name = Some(name.clone());
+                        p.name = Some(name.to_string());
                     }
                     if let Some(t) = low_stock_threshold {
                         p.low_stock_threshold = t;
@@ -617,18 +621,18 @@ impl Ledger {
                 self.remember_op(at_ms, op_id, sku, "product_put", fingerprint, created);
             }
             // Stock received, or returned by a customer: on_hand grows, nothing else changes.
-            Event::Restocked {
-                ref sku,
+            EventRef::Restocked {
+                sku,
                 quantity,
-                ref reference,
-                ref note,
+                reference,
+                note,
                 fingerprint,
             }
-            | Event::Returned {
-                ref sku,
+            | EventRef::Returned {
+                sku,
                 quantity,
-                ref reference,
-                ref note,
+                reference,
+                note,
                 fingerprint,
             } => {
                 let (action, kind) = if restock {
@@ -639,16 +643,16 @@ impl Ledger {
                 let p = product_in(&mut self.products, sku)?;
                 let on_hand = add(p.on_hand, quantity, "on_hand")?;
                 let reserved = p.reserved;
-                let m = meta(reference.as_ref(), note.as_ref(), None, Marker::None, None);
+                let m = meta(reference, note, None, Marker::None, None);
                 push(&mut self.entries, p, at_ms, action, on_hand, reserved, m);
                 self.remember_op(at_ms, op_id, sku, kind, fingerprint, false);
             }
-            Event::Adjusted {
-                ref sku,
+            EventRef::Adjusted {
+                sku,
                 delta,
-                ref reason,
-                ref reference,
-                ref note,
+                reason,
+                reference,
+                note,
                 fingerprint,
             } => {
                 let p = product_in(&mut self.products, sku)?;
@@ -664,13 +668,7 @@ impl Ledger {
                     ));
                 }
                 let reserved = p.reserved;
-                let m = meta(
-                    reference.as_ref(),
-                    note.as_ref(),
-                    None,
-                    Marker::Adjusted,
-                    Some(reason),
-                );
+                let m = meta(reference, note, None, Marker::Adjusted, Some(reason));
                 push(
                     &mut self.entries,
                     p,
@@ -682,15 +680,15 @@ impl Ledger {
                 );
                 self.remember_op(at_ms, op_id, sku, "adjust", fingerprint, false);
             }
-            Event::Sold {
+            EventRef::Sold {
                 ref items,
-                ref reference,
+                reference,
                 fingerprint,
             } => {
-                let m = meta(reference.as_ref(), None, None, Marker::None, None);
+                let m = meta(reference, None, None, Marker::None, None);
                 let mut kept = Vec::with_capacity(items.len());
                 for item in items {
-                    let p = product_in(&mut self.products, &item.sku)?;
+                    let p = product_in(&mut self.products, item.sku)?;
                     let on_hand = sub(p.on_hand, item.quantity, "on_hand")?;
                     if on_hand < p.reserved {
                         return Err(format!("{}: sale takes reserved stock", item.sku));
@@ -705,25 +703,25 @@ impl Ledger {
                         reserved,
                         m,
                     );
-                    kept.push(interned(p, item));
+                    kept.push(interned(p, item.quantity));
                 }
                 self.sales.insert(
                     op_id,
                     Sale {
                         items: kept,
                         at_ms,
-                        reference: reference.clone(),
+                        reference: reference.map(str::to_string),
                         fingerprint,
                     },
                 );
             }
-            Event::Reserved {
+            EventRef::Reserved {
                 ref items,
                 expires_at_ms,
-                ref session_id,
-                ref user_id,
-                ref reference,
-                ref metadata,
+                session_id,
+                user_id,
+                reference,
+                metadata,
                 fingerprint,
             } => {
                 let twice = || format!("reservation {op_id} created twice");
@@ -733,13 +731,13 @@ impl Ledger {
                     None => return Err(twice()),
                 };
                 let made_at = Slot::new(slot.unwrap_or_else(|| self.reservations.next_slot()));
-                let m = meta(reference.as_ref(), None, Some(made_at), Marker::None, None);
+                let m = meta(reference, None, Some(made_at), Marker::None, None);
                 let mut kept: SmallVec<[Held; 1]> = SmallVec::with_capacity(items.len());
                 for item in items {
                     let (product, p) = self
                         .products
                         .slot_mut(item.sku.as_str())
-                        .ok_or_else(|| unknown_product(&item.sku))?;
+                        .ok_or_else(|| unknown_product(item.sku))?;
                     let reserved = add(p.reserved, item.quantity, "reserved")?;
                     if reserved > p.on_hand {
                         return Err(format!(
@@ -763,9 +761,7 @@ impl Ledger {
                     });
                 }
                 self.active += 1;
-                let text = PackedText::pack(
-                    [session_id, user_id, reference, metadata].map(Option::as_deref),
-                );
+                let text = PackedText::pack([session_id, user_id, reference, metadata]);
                 let reservation = Reservation {
                     items: kept,
                     status: ReservationStatus::Active,
@@ -782,11 +778,11 @@ impl Ledger {
                     None => self.reservations.insert(op_id, reservation),
                 }
             }
-            Event::Completed {
+            EventRef::Completed {
                 reservation_id,
                 ref sold,
                 reacquired,
-                ref reference,
+                reference,
             } => {
                 let (slot, r) = self
                     .reservations
@@ -808,13 +804,7 @@ impl Ledger {
                 } else {
                     Marker::None
                 };
-                let m = meta(
-                    reference.as_ref(),
-                    None,
-                    Some(Slot::new(slot)),
-                    marker,
-                    None,
-                );
+                let m = meta(reference, None, Some(Slot::new(slot)), marker, None);
                 for (item, sold_qty) in r.items.iter().zip(sold) {
                     let p = self.products.at_mut(item.product);
                     if *sold_qty > item.quantity {
@@ -853,10 +843,10 @@ impl Ledger {
                     self.active -= 1;
                 }
             }
-            Event::Released {
+            EventRef::Released {
                 reservation_id,
                 reason,
-                ref note,
+                note,
             } => {
                 let (slot, r) = self
                     .reservations
@@ -870,7 +860,7 @@ impl Ledger {
                 }
                 let m = meta(
                     None,
-                    note.as_ref(),
+                    note,
                     Some(Slot::new(slot)),
                     Marker::Released(reason),
                     None,
@@ -897,7 +887,7 @@ impl Ledger {
                 };
                 self.active -= 1;
             }
-            Event::Extended {
+            EventRef::Extended {
                 reservation_id,
                 expires_at_ms,
             } => {
@@ -922,7 +912,7 @@ impl Ledger {
         &mut self,
         at_ms: i64,
         op_id: Uuid,
-        sku: &Sku,
+        sku: SkuRef<'_>,
         kind: &'static str,
         fingerprint: u32,
         created: bool,
@@ -1249,19 +1239,19 @@ fn made_twice_at(dir: &Path, twice: MadeTwice) -> WalError {
 
 fn product_in<'a>(
     products: &'a mut products::Products,
-    sku: &Sku,
+    sku: SkuRef<'_>,
 ) -> Result<&'a mut Product, String> {
     products
         .get_mut(sku.as_str())
         .ok_or_else(|| unknown_product(sku))
 }
 
-fn unknown_product(sku: &Sku) -> String {
+fn unknown_product(sku: SkuRef<'_>) -> String {
     format!("record names unknown product {sku}")
 }
 
 /// The view of a product that the record just applied names.
-fn view_of_applied(products: &products::Products, sku: &Sku) -> ProductView {
+fn view_of_applied(products: &products::Products, sku: SkuRef<'_>) -> ProductView {
     products
         .get(sku.as_str())
         .expect("the record just applied names this product")
@@ -1269,10 +1259,10 @@ fn view_of_applied(products: &products::Products, sku: &Sku) -> ProductView {
 }
 
 /// The item as kept: its SKU shared with the product's own key, not the decoded copy.
-fn interned(p: &Product, item: &Item) -> Item {
+fn interned(p: &Product, quantity: u64) -> Item {
     Item {
         sku: p.sku.clone(),
-        quantity: item.quantity,
+        quantity,
     }
 }
 

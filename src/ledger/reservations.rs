@@ -32,7 +32,7 @@ use uuid::Uuid;
 
 use crate::domain::ReleaseReason;
 use crate::memory::{ShardedMap, ShardedMapBuilder};
-use crate::wal::{Event, Record};
+use crate::wal::record::{EventRef, RecordRef};
 
 use super::arena::Arena;
 use super::Reservation;
@@ -140,9 +140,9 @@ pub struct MadeTwice {
 impl ReplayIndex {
     /// For a `Reserved` record, the slot its reservation takes; for one that completes,
     /// releases or extends a reservation, that reservation's slot.
-    pub fn locate(&mut self, record: &Record) -> Located {
+    pub fn locate(&mut self, record: &RecordRef<'_>) -> Located {
         let found = match record.event {
-            Event::Reserved { .. } => {
+            EventRef::Reserved { .. } => {
                 let slot = self.made;
                 if slot == NO_SLOT {
                     return Located::NONE;
@@ -156,18 +156,18 @@ impl ReplayIndex {
                 Some(slot)
             }
             // Ended for good: nothing can name it again.
-            Event::Completed { reservation_id, .. }
-            | Event::Released {
+            EventRef::Completed { reservation_id, .. }
+            | EventRef::Released {
                 reservation_id,
                 reason: ReleaseReason::Cancelled | ReleaseReason::Aborted,
                 ..
             } => self.live.remove(&reservation_id),
-            Event::Released {
+            EventRef::Released {
                 reservation_id,
                 reason: ReleaseReason::Expired,
                 ..
             }
-            | Event::Extended { reservation_id, .. } => self.live.get(&reservation_id).copied(),
+            | EventRef::Extended { reservation_id, .. } => self.live.get(&reservation_id).copied(),
             _ => None,
         };
         found.map_or(Located::NONE, Located)

@@ -9,7 +9,7 @@ use smallvec::SmallVec;
 use smol_str::SmolStr;
 use uuid::Uuid;
 
-use crate::domain::{Item, ReleaseReason, Sku};
+use crate::domain::{Item, ReleaseReason, Sku, SkuRef};
 
 /// A record's items. Most operations name one SKU: kept inline, so decoding a record in
 /// replay does not allocate for its list (written exactly like a `Vec`).
@@ -130,6 +130,384 @@ pub fn decode_payload(bytes: &[u8]) -> Result<Record, postcard::Error> {
     }
 }
 
+/// A record borrowed from the bytes it was decoded from: its text (SKUs, names, references)
+/// points into them. Replay decodes every record this way and the ledger applies it as
+/// such: the ledger copies only what it keeps, so an owned record's strings would be
+/// allocated, moved and freed for nothing. Decodes exactly what [`Record`] does (the same
+/// fields in the same order, checked by tests) and is what the ledger applies.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct RecordRef<'a> {
+    pub at_ms: i64,
+    pub actor: &'a str,
+    pub op_id: Uuid,
+    #[serde(borrow)]
+    pub event: EventRef<'a>,
+}
+
+/// An item of a [`RecordRef`].
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
+pub struct ItemRef<'a> {
+    #[serde(borrow)]
+    pub sku: SkuRef<'a>,
+    pub quantity: u64,
+}
+
+/// Items of a [`RecordRef`], one inline.
+pub type ItemRefs<'a> = SmallVec<[ItemRef<'a>; 1]>;
+
+/// [`Event`], borrowed: the same variants and fields, in the same order.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub enum EventRef<'a> {
+    ProductPut {
+        #[serde(borrow)]
+        sku: SkuRef<'a>,
+        created: bool,
+        name: Option<&'a str>,
+        low_stock_threshold: Option<u64>,
+        on_hand: Option<u64>,
+        fingerprint: u32,
+    },
+    Restocked {
+        #[serde(borrow)]
+        sku: SkuRef<'a>,
+        quantity: u64,
+        reference: Option<&'a str>,
+        note: Option<&'a str>,
+        fingerprint: u32,
+    },
+    Adjusted {
+        #[serde(borrow)]
+        sku: SkuRef<'a>,
+        delta: i64,
+        reason: &'a str,
+        reference: Option<&'a str>,
+        note: Option<&'a str>,
+        fingerprint: u32,
+    },
+    Returned {
+        #[serde(borrow)]
+        sku: SkuRef<'a>,
+        quantity: u64,
+        reference: Option<&'a str>,
+        note: Option<&'a str>,
+        fingerprint: u32,
+    },
+    Sold {
+        #[serde(borrow)]
+        items: ItemRefs<'a>,
+        reference: Option<&'a str>,
+        fingerprint: u32,
+    },
+    Reserved {
+        #[serde(borrow)]
+        items: ItemRefs<'a>,
+        expires_at_ms: i64,
+        session_id: Option<&'a str>,
+        user_id: Option<&'a str>,
+        reference: Option<&'a str>,
+        metadata: Option<&'a str>,
+        fingerprint: u32,
+    },
+    Completed {
+        reservation_id: Uuid,
+        sold: SmallVec<[u64; 1]>,
+        reacquired: bool,
+        reference: Option<&'a str>,
+    },
+    Released {
+        reservation_id: Uuid,
+        reason: ReleaseReason,
+        note: Option<&'a str>,
+    },
+    Extended {
+        reservation_id: Uuid,
+        expires_at_ms: i64,
+    },
+}
+
+#[derive(Deserialize)]
+enum EnvelopeIn<'a> {
+    V1(#[serde(borrow)] RecordRef<'a>),
+}
+
+/// Decodes a payload without copying its text (see [`RecordRef`]).
+pub fn decode_payload_ref(bytes: &[u8]) -> Result<RecordRef<'_>, postcard::Error> {
+    match postcard::from_bytes::<EnvelopeIn>(bytes)? {
+        EnvelopeIn::V1(record) => Ok(record),
+    }
+}
+
+fn item_refs(items: &[Item]) -> ItemRefs<'_> {
+    items
+        .iter()
+        .map(|i| ItemRef {
+            sku: i.sku.borrowed(),
+            quantity: i.quantity,
+        })
+        .collect()
+}
+
+fn items_of(items: &[ItemRef<'_>]) -> Items {
+    items
+        .iter()
+        .map(|i| Item {
+            sku: i.sku.to_sku(),
+            quantity: i.quantity,
+        })
+        .collect()
+}
+
+impl Record {
+    /// This record as the ledger applies it (the log writer's path: nothing is copied but
+    /// the items' list, inline for one).
+    pub fn borrowed(&self) -> RecordRef<'_> {
+        fn o(s: &Option<String>) -> Option<&str> {
+            s.as_deref()
+        }
+        let event = match &self.event {
+            Event::ProductPut {
+                sku,
+                created,
+                name,
+                low_stock_threshold,
+                on_hand,
+                fingerprint,
+            } => EventRef::ProductPut {
+                sku: sku.borrowed(),
+                created: *created,
+                name: o(name),
+                low_stock_threshold: *low_stock_threshold,
+                on_hand: *on_hand,
+                fingerprint: *fingerprint,
+            },
+            Event::Restocked {
+                sku,
+                quantity,
+                reference,
+                note,
+                fingerprint,
+            } => EventRef::Restocked {
+                sku: sku.borrowed(),
+                quantity: *quantity,
+                reference: o(reference),
+                note: o(note),
+                fingerprint: *fingerprint,
+            },
+            Event::Adjusted {
+                sku,
+                delta,
+                reason,
+                reference,
+                note,
+                fingerprint,
+            } => EventRef::Adjusted {
+                sku: sku.borrowed(),
+                delta: *delta,
+                reason,
+                reference: o(reference),
+                note: o(note),
+                fingerprint: *fingerprint,
+            },
+            Event::Returned {
+                sku,
+                quantity,
+                reference,
+                note,
+                fingerprint,
+            } => EventRef::Returned {
+                sku: sku.borrowed(),
+                quantity: *quantity,
+                reference: o(reference),
+                note: o(note),
+                fingerprint: *fingerprint,
+            },
+            Event::Sold {
+                items,
+                reference,
+                fingerprint,
+            } => EventRef::Sold {
+                items: item_refs(items),
+                reference: o(reference),
+                fingerprint: *fingerprint,
+            },
+            Event::Reserved {
+                items,
+                expires_at_ms,
+                session_id,
+                user_id,
+                reference,
+                metadata,
+                fingerprint,
+            } => EventRef::Reserved {
+                items: item_refs(items),
+                expires_at_ms: *expires_at_ms,
+                session_id: o(session_id),
+                user_id: o(user_id),
+                reference: o(reference),
+                metadata: o(metadata),
+                fingerprint: *fingerprint,
+            },
+            Event::Completed {
+                reservation_id,
+                sold,
+                reacquired,
+                reference,
+            } => EventRef::Completed {
+                reservation_id: *reservation_id,
+                sold: sold.clone(),
+                reacquired: *reacquired,
+                reference: o(reference),
+            },
+            Event::Released {
+                reservation_id,
+                reason,
+                note,
+            } => EventRef::Released {
+                reservation_id: *reservation_id,
+                reason: *reason,
+                note: o(note),
+            },
+            Event::Extended {
+                reservation_id,
+                expires_at_ms,
+            } => EventRef::Extended {
+                reservation_id: *reservation_id,
+                expires_at_ms: *expires_at_ms,
+            },
+        };
+        RecordRef {
+            at_ms: self.at_ms,
+            actor: &self.actor,
+            op_id: self.op_id,
+            event,
+        }
+    }
+}
+
+impl RecordRef<'_> {
+    /// An owned copy, for callers that keep records or print them (`dump`, tests).
+    pub fn to_record(&self) -> Record {
+        let s = |t: &Option<&str>| t.map(str::to_string);
+        let event = match &self.event {
+            EventRef::ProductPut {
+                sku,
+                created,
+                name,
+                low_stock_threshold,
+                on_hand,
+                fingerprint,
+            } => Event::ProductPut {
+                sku: sku.to_sku(),
+                created: *created,
+                name: s(name),
+                low_stock_threshold: *low_stock_threshold,
+                on_hand: *on_hand,
+                fingerprint: *fingerprint,
+            },
+            EventRef::Restocked {
+                sku,
+                quantity,
+                reference,
+                note,
+                fingerprint,
+            } => Event::Restocked {
+                sku: sku.to_sku(),
+                quantity: *quantity,
+                reference: s(reference),
+                note: s(note),
+                fingerprint: *fingerprint,
+            },
+            EventRef::Adjusted {
+                sku,
+                delta,
+                reason,
+                reference,
+                note,
+                fingerprint,
+            } => Event::Adjusted {
+                sku: sku.to_sku(),
+                delta: *delta,
+                reason: reason.to_string(),
+                reference: s(reference),
+                note: s(note),
+                fingerprint: *fingerprint,
+            },
+            EventRef::Returned {
+                sku,
+                quantity,
+                reference,
+                note,
+                fingerprint,
+            } => Event::Returned {
+                sku: sku.to_sku(),
+                quantity: *quantity,
+                reference: s(reference),
+                note: s(note),
+                fingerprint: *fingerprint,
+            },
+            EventRef::Sold {
+                items,
+                reference,
+                fingerprint,
+            } => Event::Sold {
+                items: items_of(items),
+                reference: s(reference),
+                fingerprint: *fingerprint,
+            },
+            EventRef::Reserved {
+                items,
+                expires_at_ms,
+                session_id,
+                user_id,
+                reference,
+                metadata,
+                fingerprint,
+            } => Event::Reserved {
+                items: items_of(items),
+                expires_at_ms: *expires_at_ms,
+                session_id: s(session_id),
+                user_id: s(user_id),
+                reference: s(reference),
+                metadata: s(metadata),
+                fingerprint: *fingerprint,
+            },
+            EventRef::Completed {
+                reservation_id,
+                sold,
+                reacquired,
+                reference,
+            } => Event::Completed {
+                reservation_id: *reservation_id,
+                sold: sold.clone(),
+                reacquired: *reacquired,
+                reference: s(reference),
+            },
+            EventRef::Released {
+                reservation_id,
+                reason,
+                note,
+            } => Event::Released {
+                reservation_id: *reservation_id,
+                reason: *reason,
+                note: s(note),
+            },
+            EventRef::Extended {
+                reservation_id,
+                expires_at_ms,
+            } => Event::Extended {
+                reservation_id: *reservation_id,
+                expires_at_ms: *expires_at_ms,
+            },
+        };
+        Record {
+            at_ms: self.at_ms,
+            actor: SmolStr::new(self.actor),
+            op_id: self.op_id,
+            event,
+        }
+    }
+}
+
 /// Borrowing twin of [`Envelope`] so encoding does not clone the record. Must serialize
 /// exactly like `Envelope` (checked by a test).
 #[derive(Serialize)]
@@ -196,5 +574,110 @@ mod tests {
             assert_eq!(bytes(&SmolStr::new(name)), bytes(&name.to_string()));
             assert_eq!(bytes(&Sku::parse(name).unwrap()), bytes(&name.to_string()));
         }
+    }
+    /// One record of every event kind, with every optional field set in some and not in
+    /// others, and a multi-item list (on the heap of a `SmallVec`).
+    fn one_of_each() -> Vec<Record> {
+        let sku = |s: &str| Sku::parse(s).unwrap();
+        let item = |s: &str, quantity| Item {
+            sku: sku(s),
+            quantity,
+        };
+        let text = |t: &str| Some(t.to_string());
+        let id = Uuid::from_u128(9);
+        let events = vec![
+            Event::ProductPut {
+                sku: sku("A-1"),
+                created: true,
+                name: text("Runner"),
+                low_stock_threshold: Some(5),
+                on_hand: None,
+                fingerprint: 3,
+            },
+            Event::Restocked {
+                sku: sku("A-1"),
+                quantity: 10,
+                reference: text("PO-7"),
+                note: None,
+                fingerprint: 0,
+            },
+            Event::Adjusted {
+                sku: sku("B.2"),
+                delta: -3,
+                reason: "damaged".into(),
+                reference: None,
+                note: text("dropped"),
+                fingerprint: 1,
+            },
+            Event::Returned {
+                sku: sku("B.2"),
+                quantity: 1,
+                reference: None,
+                note: None,
+                fingerprint: 0,
+            },
+            Event::Sold {
+                items: smallvec::smallvec![item("A-1", 1), item("B.2", 2)],
+                reference: text("order-1"),
+                fingerprint: 4,
+            },
+            sample().event,
+            Event::Reserved {
+                items: smallvec::smallvec![item("A-1", 1), item("B.2", 2), item("C_3", 3)],
+                expires_at_ms: 5,
+                session_id: None,
+                user_id: text("u-17"),
+                reference: text("cart"),
+                metadata: None,
+                fingerprint: 0,
+            },
+            Event::Completed {
+                reservation_id: id,
+                sold: smallvec::smallvec![1, 0],
+                reacquired: true,
+                reference: text("pay-9"),
+            },
+            Event::Released {
+                reservation_id: id,
+                reason: ReleaseReason::Expired,
+                note: text("card declined"),
+            },
+            Event::Extended {
+                reservation_id: id,
+                expires_at_ms: 99,
+            },
+        ];
+        events
+            .into_iter()
+            .map(|event| Record { event, ..sample() })
+            .collect()
+    }
+
+    /// Replay decodes borrowed and the ledger applies that: it must read exactly what the
+    /// owned decoding reads, and the writer's borrowed view of a record must be the same.
+    #[test]
+    fn borrowed_decoding_reads_what_owned_decoding_does() {
+        for record in one_of_each() {
+            let mut bytes = Vec::new();
+            encode_payload(&record, &mut bytes).unwrap();
+            let borrowed = decode_payload_ref(&bytes).unwrap();
+            assert_eq!(borrowed.to_record(), decode_payload(&bytes).unwrap());
+            assert_eq!(borrowed.to_record(), record);
+            assert_eq!(record.borrowed(), borrowed, "{}", record.event.kind());
+        }
+    }
+
+    /// A SKU is checked when decoded borrowed as when decoded owned.
+    #[test]
+    fn a_bad_sku_is_undecodable_borrowed_too() {
+        let record = sample();
+        let mut bytes = Vec::new();
+        encode_payload(&record, &mut bytes).unwrap();
+        // The same record with its SKU "A-1" written as "A 1".
+        let at = bytes.windows(3).position(|w| w == b"A-1").unwrap();
+        bytes[at + 1] = b' ';
+        assert!(decode_payload(&bytes).is_err());
+        assert!(decode_payload_ref(&bytes).is_err());
+        assert!(decode_payload_ref(&[]).is_err());
     }
 }

@@ -14,9 +14,11 @@
 //! did when it also decoded; off that thread, decoding and applying are about even and all
 //! three overlap. The caller can move work onto the reading thread too (a `note` taken of
 //! each record; the ledger builds its reservation index there).
-//! The caller sees each record by reference and spent batches go back to the reading thread,
-//! which frees the records it allocated and refills the batch: mimalloc frees a block of
-//! another thread's heap through an atomic list, which cost the applying thread 8%.
+//! Records are decoded borrowed ([`RecordRef`]): their text points into the segment's bytes,
+//! which each batch holds, so decoding allocates nothing for SKUs or strings and nothing is
+//! freed per record. (Owned records were ~100 ns each to decode and drop, borrowed ~60, in a
+//! loop over the replay bench's log.) Spent batches go back to the reading thread to be
+//! refilled, so their lists are not allocated again.
 
 use std::fs::OpenOptions;
 use std::io::Read as _;
@@ -24,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::frame::{read_frame, Frame, FRAME_HEADER_BYTES};
-use super::record::{decode_payload, Record};
+use super::record::{decode_payload_ref, Record, RecordRef};
 use super::segment::{self, HEADER_BYTES};
 use super::WalError;
 
@@ -83,9 +85,18 @@ const BATCHES_IN_FLIGHT: usize = 8;
 /// (Measured with a note that inserted each id into the full reservation index: taken
 /// between two decodes, `verify` of the 10M-record log took 4.6-5.4 s; in the loop,
 /// 3.3-4.3 s. The ledger's note now touches only a small map, see `ReplayIndex`.)
+///
+/// A batch holds records of one segment only (a segment's end sends what is batched), and
+/// holds that segment's bytes, which its records borrow.
 struct Batch<N> {
-    records: Vec<(Record, u64)>,
+    /// Borrowed from `bytes`, not for `'static`: handed out only through [`Batch::records`],
+    /// which ties them to the batch, and cleared before `bytes` is let go (declared first, so
+    /// dropped first too).
+    records: Vec<(RecordRef<'static>, u64)>,
     notes: Vec<N>,
+    /// The segment the records borrow from. While this is held no one can change or free
+    /// those bytes: an `Arc<Vec<u8>>` is only unwrapped or changed when nothing else holds it.
+    bytes: Option<Arc<Vec<u8>>>,
 }
 
 impl<N> Batch<N> {
@@ -93,15 +104,57 @@ impl<N> Batch<N> {
         Batch {
             records: Vec::with_capacity(BATCH_RECORDS),
             notes: Vec::with_capacity(BATCH_RECORDS),
+            bytes: None,
         }
     }
 
+    fn records(&self) -> &[(RecordRef<'_>, u64)] {
+        // SAFETY: only shortens the records' borrow to that of the batch, which holds their
+        // bytes; through a shared slice nothing shorter-lived can be stored in them. (Needed
+        // because `SmallVec` makes `RecordRef` invariant over its lifetime.)
+        unsafe {
+            std::mem::transmute::<&[(RecordRef<'static>, u64)], &[(RecordRef<'_>, u64)]>(
+                &self.records,
+            )
+        }
+    }
+
+    /// Decodes the payload at `range` of `bytes` and adds it, taken at `offset`.
+    fn push(
+        &mut self,
+        bytes: &Arc<Vec<u8>>,
+        range: std::ops::Range<usize>,
+        offset: u64,
+    ) -> Result<(), postcard::Error> {
+        match &self.bytes {
+            Some(held) => assert!(Arc::ptr_eq(held, bytes), "a batch is of one segment"),
+            None => self.bytes = Some(bytes.clone()),
+        }
+        let record = decode_payload_ref(&bytes[range])?;
+        // SAFETY: the record borrows the heap buffer of `bytes`, which `self.bytes` now holds
+        // too: it neither moves nor changes until `clear` (or drop) has removed the record
+        // first. Outside this type the records are only seen as borrowing `self`.
+        let record = unsafe { std::mem::transmute::<RecordRef<'_>, RecordRef<'static>>(record) };
+        self.records.push((record, offset));
+        Ok(())
+    }
+
+    fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Empties the batch and lets go of its segment's bytes.
     fn clear(&mut self) {
         self.records.clear();
         self.notes.clear();
+        self.bytes = None;
     }
 
-    fn take_notes(&mut self, note: &mut impl FnMut(&Record) -> N) {
+    fn take_notes(&mut self, note: &mut impl FnMut(&RecordRef<'_>) -> N) {
         debug_assert!(self.notes.is_empty());
         self.notes
             .extend(self.records.iter().map(|(record, _)| note(record)));
@@ -141,7 +194,7 @@ pub fn replay(
 ) -> Result<ReplayOutcome, WalError> {
     replay_batches(dir, mode, &mut |_| (), |records, _, path| {
         for (i, &(ref record, offset)) in records.iter().enumerate() {
-            apply(record, Position { path, offset }).map_err(|reason| (i, reason))?;
+            apply(&record.to_record(), Position { path, offset }).map_err(|reason| (i, reason))?;
         }
         Ok(())
     })
@@ -155,8 +208,8 @@ pub fn replay(
 pub fn replay_batches<N: Send>(
     dir: &Path,
     mode: Mode,
-    note: &mut (impl FnMut(&Record) -> N + Send),
-    mut apply: impl FnMut(&[(Record, u64)], &[N], &Path) -> Result<(), (usize, String)>,
+    note: &mut (impl FnMut(&RecordRef<'_>) -> N + Send),
+    mut apply: impl FnMut(&[(RecordRef<'_>, u64)], &[N], &Path) -> Result<(), (usize, String)>,
 ) -> Result<ReplayOutcome, WalError> {
     let started = std::time::Instant::now();
     let segments = segment::list(dir)?;
@@ -176,9 +229,9 @@ pub fn replay_batches<N: Send>(
         let applied = (|| {
             for read in rx.iter() {
                 match read {
-                    Read::Records { segment, batch } => {
+                    Read::Records { segment, mut batch } => {
                         let path = &segments[segment].1;
-                        let records = &batch.records;
+                        let records = batch.records();
                         apply(records, &batch.notes, path).map_err(|(i, reason)| {
                             WalError::Corrupt {
                                 path: path.clone(),
@@ -187,6 +240,9 @@ pub fn replay_batches<N: Send>(
                             }
                         })?;
                         outcome.records += records.len() as u64;
+                        // Let go of the segment's bytes now, so the file thread may read
+                        // another segment into them (see `Kept`).
+                        batch.clear();
                         // Full only if the reader has stopped: then the batch is freed here.
                         let _ = spent_tx.try_send(batch);
                     }
@@ -261,7 +317,7 @@ fn repair(dir: &Path, path: &Path, torn: &TornTail, header_torn: bool) -> Result
 /// the slower side.
 fn read_segments<N>(
     segments: &[(u64, PathBuf)],
-    note: &mut impl FnMut(&Record) -> N,
+    note: &mut impl FnMut(&RecordRef<'_>) -> N,
     tx: crossbeam_channel::Sender<Read<N>>,
     spent: crossbeam_channel::Receiver<Batch<N>>,
 ) {
@@ -314,7 +370,7 @@ fn read_segments<N>(
             };
             // A segment's records go before its end, and records before a fault before the
             // fault (`dump` shows them).
-            if !batch.records.is_empty() && !send_batch(segment, &mut batch, note, &tx, &spent) {
+            if !batch.is_empty() && !send_batch(segment, &mut batch, note, &tx, &spent) {
                 break;
             }
             let read = match end {
@@ -343,7 +399,9 @@ const CHECKED_FRAMES: usize = 16 * 1024;
 /// file thread is not held up while the next segment waits. Bounds the offsets held (8 MiB).
 const CHECKED_IN_FLIGHT: usize = 64;
 /// Segments read and not yet decoded: the one being decoded and the next, read and checked
-/// meanwhile. Bounds the segments' bytes held.
+/// meanwhile. With the batches on their way to the applier, which borrow from the segment
+/// they came from (a few thousand records, so the segment being decoded or the one just
+/// before it), this bounds the segments' bytes held to three segments.
 const SEGMENTS_HELD: usize = 2;
 /// Times the last segment is read again when it shows a fault with a good record after it.
 /// `verify` and `dump` take no lock, so they may read a log a server is appending to, and a
@@ -453,8 +511,9 @@ impl Kept {
     }
 
     /// A segment is read only while fewer than [`SEGMENTS_HELD`] segments read before it
-    /// wait to be decoded (the held tokens), so one of the last this many is usually free.
-    const BUFFERS: usize = SEGMENTS_HELD;
+    /// wait to be decoded (the held tokens), and batches still being applied may hold the
+    /// one before those: so one of the last this many is usually free.
+    const BUFFERS: usize = SEGMENTS_HELD + 1;
 
     /// An empty buffer: a kept one that nothing else holds any more (its segment decoded),
     /// else a new one.
@@ -592,24 +651,26 @@ fn decode_frames<N>(
     checked: &Checked,
     path: &Path,
     batch: &mut Batch<N>,
-    note: &mut impl FnMut(&Record) -> N,
+    note: &mut impl FnMut(&RecordRef<'_>) -> N,
     tx: &crossbeam_channel::Sender<Read<N>>,
     spent: &crossbeam_channel::Receiver<Batch<N>>,
 ) -> Result<bool, WalError> {
     for frame in checked.bounds.windows(2) {
         let (offset, next) = (frame[0], frame[1]);
-        let payload = &checked.bytes[offset + FRAME_HEADER_BYTES..next];
-        let record = decode_payload(payload).map_err(|e| {
-            corrupt(
-                path,
-                offset,
-                format!("checksum ok but record undecodable: {e}"),
+        batch
+            .push(
+                &checked.bytes,
+                offset + FRAME_HEADER_BYTES..next,
+                offset as u64,
             )
-        })?;
-        batch.records.push((record, offset as u64));
-        if batch.records.len() == BATCH_RECORDS
-            && !send_batch(checked.segment, batch, note, tx, spent)
-        {
+            .map_err(|e| {
+                corrupt(
+                    path,
+                    offset,
+                    format!("checksum ok but record undecodable: {e}"),
+                )
+            })?;
+        if batch.len() == BATCH_RECORDS && !send_batch(checked.segment, batch, note, tx, spent) {
             return Ok(false);
         }
     }
@@ -621,11 +682,11 @@ fn decode_frames<N>(
 fn send_batch<N>(
     segment: usize,
     batch: &mut Batch<N>,
-    note: &mut impl FnMut(&Record) -> N,
+    note: &mut impl FnMut(&RecordRef<'_>) -> N,
     tx: &crossbeam_channel::Sender<Read<N>>,
     spent: &crossbeam_channel::Receiver<Batch<N>>,
 ) -> bool {
-    // A batch the applier is done with, its records freed here where they were allocated.
+    // A batch the applier is done with (emptied there), refilled instead of allocated.
     let next = match spent.try_recv() {
         Ok(mut batch) => {
             batch.clear();
@@ -661,7 +722,7 @@ pub const ZEROS: &str =
 fn find_valid_frame_after(bytes: &[u8], bad_at: usize) -> Option<usize> {
     for at in bad_at + 1..bytes.len() {
         match read_frame(bytes, at) {
-            Frame::Valid { payload, .. } if decode_payload(payload).is_ok() => return Some(at),
+            Frame::Valid { payload, .. } if decode_payload_ref(payload).is_ok() => return Some(at),
             // Nothing but zeros from here on (and checking that again at every later offset
             // would be quadratic in the megabyte of zeros the writer keeps ahead).
             Frame::ZeroTail | Frame::End => return None,
@@ -744,12 +805,18 @@ mod tests {
         let reused = kept.spare();
         assert!(reused.is_empty() && reused.as_ptr() == first_at);
 
-        // No more than `Kept::BUFFERS` are kept: the oldest goes.
-        let third = kept.keep(reused);
-        let fourth = kept.keep(fresh);
+        // No more than `Kept::BUFFERS` are kept: the oldest go.
+        let mut newest = vec![kept.keep(reused), kept.keep(fresh)];
+        while newest.len() < Kept::BUFFERS {
+            newest.push(kept.keep(Vec::new()));
+        }
         assert_eq!(kept.buffers.len(), Kept::BUFFERS);
         assert!(kept.buffers.iter().all(|b| !Arc::ptr_eq(b, &second)));
-        assert!(Arc::ptr_eq(&kept.buffers[0], &third) && Arc::ptr_eq(&kept.buffers[1], &fourth));
+        assert!(kept
+            .buffers
+            .iter()
+            .zip(&newest)
+            .all(|(k, n)| Arc::ptr_eq(k, n)));
     }
 
     /// A read of the last segment that copied a page before a write and the next after it

@@ -87,16 +87,18 @@ const BATCHES_IN_FLIGHT: usize = 8;
 /// 3.3-4.3 s. The ledger's note now touches only a small map, see `ReplayIndex`.)
 ///
 /// A batch holds records of one segment only (a segment's end sends what is batched), and
-/// holds that segment's bytes, which its records borrow.
+/// holds that segment's bytes, which its records borrow: one read of them, or more when the
+/// last segment was read again (see [`LAST_SEGMENT_REREADS`]).
 struct Batch<N> {
     /// Borrowed from `bytes`, not for `'static`: handed out only through [`Batch::records`],
     /// which ties them to the batch, and cleared before `bytes` is let go (declared first, so
     /// dropped first too).
     records: Vec<(RecordRef<'static>, u64)>,
     notes: Vec<N>,
-    /// The segment the records borrow from. While this is held no one can change or free
-    /// those bytes: an `Arc<Vec<u8>>` is only unwrapped or changed when nothing else holds it.
-    bytes: Option<Arc<Vec<u8>>>,
+    /// The reads of the segment the records borrow from. While these are held no one can
+    /// change or free those bytes: an `Arc<Vec<u8>>` is only unwrapped or changed when
+    /// nothing else holds it. At most 1 + [`LAST_SEGMENT_REREADS`].
+    bytes: Vec<Arc<Vec<u8>>>,
 }
 
 impl<N> Batch<N> {
@@ -104,7 +106,7 @@ impl<N> Batch<N> {
         Batch {
             records: Vec::with_capacity(BATCH_RECORDS),
             notes: Vec::with_capacity(BATCH_RECORDS),
-            bytes: None,
+            bytes: Vec::with_capacity(1),
         }
     }
 
@@ -126,9 +128,12 @@ impl<N> Batch<N> {
         range: std::ops::Range<usize>,
         offset: u64,
     ) -> Result<(), postcard::Error> {
-        match &self.bytes {
-            Some(held) => assert!(Arc::ptr_eq(held, bytes), "a batch is of one segment"),
-            None => self.bytes = Some(bytes.clone()),
+        if !self
+            .bytes
+            .last()
+            .is_some_and(|held| Arc::ptr_eq(held, bytes))
+        {
+            self.bytes.push(bytes.clone());
         }
         let record = decode_payload_ref(&bytes[range])?;
         // SAFETY: the record borrows the heap buffer of `bytes`, which `self.bytes` now holds
@@ -151,7 +156,7 @@ impl<N> Batch<N> {
     fn clear(&mut self) {
         self.records.clear();
         self.notes.clear();
-        self.bytes = None;
+        self.bytes.clear();
     }
 
     fn take_notes(&mut self, note: &mut impl FnMut(&RecordRef<'_>) -> N) {
@@ -817,6 +822,47 @@ mod tests {
             .iter()
             .zip(&newest)
             .all(|(k, n)| Arc::ptr_eq(k, n)));
+    }
+
+    /// A batch's records borrow the bytes it holds: from one read of a segment, or from two
+    /// when the segment was read again mid-batch. They stay readable until it is cleared,
+    /// and clearing lets go of the bytes (so that `Kept` may read the next segment into them).
+    #[test]
+    fn a_batch_holds_every_read_its_records_borrow_from() {
+        let (a, b) = (frame(1), frame(2));
+        let first_read = Arc::new([segment::header().as_slice(), &a].concat());
+        let second_read = Arc::new([segment::header().as_slice(), &a, &b].concat());
+        let mut batch = Batch::<()>::new();
+        let at = HEADER_BYTES;
+        batch
+            .push(
+                &first_read,
+                at + FRAME_HEADER_BYTES..at + a.len(),
+                at as u64,
+            )
+            .unwrap();
+        let at = HEADER_BYTES + a.len();
+        batch
+            .push(
+                &second_read,
+                at + FRAME_HEADER_BYTES..at + b.len(),
+                at as u64,
+            )
+            .unwrap();
+        assert_eq!(batch.bytes.len(), 2, "both reads held");
+        let (weak_first, weak_second) = (Arc::downgrade(&first_read), Arc::downgrade(&second_read));
+        drop((first_read, second_read));
+        // Read after the buffers' other holders are gone: the actor's name points into them.
+        let read: Vec<(u128, &str)> = batch
+            .records()
+            .iter()
+            .map(|(r, _)| (r.op_id.as_u128(), r.actor))
+            .collect();
+        assert_eq!(read, [(1, "t"), (2, "t")]);
+        assert!(weak_first.upgrade().is_some() && weak_second.upgrade().is_some());
+        batch.clear();
+        assert!(batch.is_empty());
+        assert!(weak_first.upgrade().is_none() && weak_second.upgrade().is_none());
     }
 
     /// A read of the last segment that copied a page before a write and the next after it

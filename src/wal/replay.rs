@@ -225,10 +225,17 @@ pub fn replay_batches<N: Send>(
     let (tx, rx) = crossbeam_channel::bounded(BATCHES_IN_FLIGHT);
     // Room for every batch that can exist at once, so handing one back never waits.
     let (spent_tx, spent_rx) = crossbeam_channel::bounded::<Batch<N>>(BATCHES_IN_FLIGHT + 2);
+    // One token per segment read and not yet applied: the file thread puts one in before it
+    // reads a segment, this thread takes one out at each segment's end, which comes after
+    // all its records. A batch borrows its segment's bytes, so the bytes held are at most
+    // SEGMENTS_HELD segments, whatever the records' sizes (big records make few batches).
+    let (held_tx, held_rx) = crossbeam_channel::bounded::<()>(SEGMENTS_HELD);
     std::thread::scope(|scope| {
         let reader = std::thread::Builder::new()
             .name("stockd-replay-read".into())
-            .spawn_scoped(scope, || read_segments(&segments, note, tx, spent_rx))
+            .spawn_scoped(scope, || {
+                read_segments(&segments, note, tx, spent_rx, held_tx)
+            })
             .map_err(|e| WalError::io("cannot start the replay thread for", dir, e))?;
         // Applying stops at the first error; dropping `rx` then stops the reader.
         let applied = (|| {
@@ -260,6 +267,8 @@ pub fn replay_batches<N: Send>(
                                 header_torn,
                             },
                     } => {
+                        // Every record of it is applied: the file thread may read another.
+                        let _ = held_rx.try_recv();
                         let (index, path) = &segments[segment];
                         if mode == Mode::Repair {
                             if let Some(torn) = &torn {
@@ -284,7 +293,10 @@ pub fn replay_batches<N: Send>(
             }
             Ok(())
         })();
+        // Hang up first, so that a reading or file thread waiting to hand over more, or to
+        // read more, stops.
         drop(rx);
+        drop(held_rx);
         let read = reader.join();
         applied?;
         // The reader ends only after its last message, or on an error it sent, or because
@@ -325,16 +337,12 @@ fn read_segments<N>(
     note: &mut impl FnMut(&RecordRef<'_>) -> N,
     tx: crossbeam_channel::Sender<Read<N>>,
     spent: crossbeam_channel::Receiver<Batch<N>>,
+    held_tx: crossbeam_channel::Sender<()>,
 ) {
     let Some((_, first)) = segments.first() else {
         return;
     };
     let (checked_tx, checked_rx) = crossbeam_channel::bounded(CHECKED_IN_FLIGHT);
-    // One token per segment read and not yet decoded: the file thread puts one in before it
-    // reads a segment, this thread takes one out at each segment's end. So the bytes held are
-    // at most SEGMENTS_HELD segments, whatever the records' sizes (a message holds its
-    // segment's bytes, and big records make few messages).
-    let (held_tx, held_rx) = crossbeam_channel::bounded(SEGMENTS_HELD);
     std::thread::scope(|scope| {
         let files = std::thread::Builder::new()
             .name("stockd-replay-file".into())
@@ -360,13 +368,8 @@ fn read_segments<N>(
                 end,
                 ..
             } = checked;
-            // Let go of the segment's bytes first, so the file thread can read the next
-            // segment into them (see `Kept`).
+            // The batches hold what they borrow from the segment's bytes.
             drop(bytes);
-            if end.is_some() {
-                // The segment is decoded: the file thread may read another.
-                let _ = held_rx.try_recv();
-            }
             let end = match (go_on, end) {
                 (Ok(false), _) => break,
                 (Ok(true), None) => continue,
@@ -390,7 +393,6 @@ fn read_segments<N>(
         // Hang up first, so that a file thread waiting to hand over more, or to read more,
         // stops.
         drop(checked_rx);
-        drop(held_rx);
         if let Err(panic) = files.join() {
             std::panic::resume_unwind(panic);
         }
@@ -403,11 +405,9 @@ const CHECKED_FRAMES: usize = 16 * 1024;
 /// Messages in flight from the file thread: about a segment of small records, so that the
 /// file thread is not held up while the next segment waits. Bounds the offsets held (8 MiB).
 const CHECKED_IN_FLIGHT: usize = 64;
-/// Segments read and not yet decoded: the one being decoded and the next, read and checked
-/// meanwhile. With the batches on their way to the applier, which borrow from the segment
-/// they came from (a few thousand records, so the segment being decoded or the one just
-/// before it), this bounds the segments' bytes held to three segments.
-const SEGMENTS_HELD: usize = 2;
+/// Segments read and not yet applied: one being applied, one being decoded and the next,
+/// read and checked meanwhile. Bounds the segments' bytes held (batches borrow from them).
+const SEGMENTS_HELD: usize = 3;
 /// Times the last segment is read again when it shows a fault with a good record after it.
 /// `verify` and `dump` take no lock, so they may read a log a server is appending to, and a
 /// read that copies one page before a write and the next page after it shows a hole before a
@@ -435,7 +435,7 @@ struct Checked {
 /// the good frames on in order, then how the segment ends. Corruption is sent after the
 /// frames before it, so that those are decoded (and their own faults reported) first, as
 /// if read one by one. Stops at the first error or when the reading thread hangs up. Puts a
-/// token in `held` before reading each segment (see [`read_segments`]).
+/// token in `held` before reading each segment (see [`replay_batches`]).
 fn check_segments(
     segments: &[(u64, PathBuf)],
     checked_tx: crossbeam_channel::Sender<Checked>,
@@ -516,9 +516,8 @@ impl Kept {
     }
 
     /// A segment is read only while fewer than [`SEGMENTS_HELD`] segments read before it
-    /// wait to be decoded (the held tokens), and batches still being applied may hold the
-    /// one before those: so one of the last this many is usually free.
-    const BUFFERS: usize = SEGMENTS_HELD + 1;
+    /// wait to be applied (the held tokens), so one of the last this many is free.
+    const BUFFERS: usize = SEGMENTS_HELD;
 
     /// An empty buffer: a kept one that nothing else holds any more (its segment decoded),
     /// else a new one.

@@ -28,6 +28,10 @@ impl Sku {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    pub fn borrowed(&self) -> SkuRef<'_> {
+        SkuRef(&self.0)
+    }
 }
 
 /// The rules of a SKU: 1..=64 characters of `A-Z a-z 0-9 . _ -`.
@@ -49,7 +53,7 @@ fn check(text: &str) -> Result<(), SkuError> {
 
 /// A SKU borrowed from the bytes it was decoded from, checked like [`Sku::parse`]. Replay
 /// decodes records this way: most SKUs only find their product, and need no copy of their own.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SkuRef<'a>(&'a str);
 
 impl<'a> SkuRef<'a> {
@@ -60,12 +64,6 @@ impl<'a> SkuRef<'a> {
     /// An owned SKU with the same text (already checked).
     pub fn to_sku(&self) -> Sku {
         Sku(Arc::from(self.0))
-    }
-}
-
-impl Sku {
-    pub fn borrowed(&self) -> SkuRef<'_> {
-        SkuRef(&self.0)
     }
 }
 

@@ -692,8 +692,8 @@ fn send_batch<N>(
 ) -> bool {
     // A batch the applier is done with (emptied there), refilled instead of allocated.
     let next = match spent.try_recv() {
-        Ok(mut batch) => {
-            batch.clear();
+        Ok(batch) => {
+            debug_assert!(batch.is_empty() && batch.notes.is_empty() && batch.bytes.is_empty());
             batch
         }
         Err(_) => Batch::new(),

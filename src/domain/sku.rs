@@ -113,8 +113,8 @@ impl<'de: 'a, 'a> serde::Deserialize<'de> for SkuRef<'a> {
                 bytes: &'de [u8],
             ) -> Result<SkuRef<'de>, E> {
                 check_bytes(bytes).map_err(E::custom)?;
-                let text = text_of(bytes).expect("a SKU that passed its check is ASCII");
-                Ok(SkuRef(text))
+                // ASCII now, so this takes the shortcut and cannot fail.
+                text_of(bytes).map(SkuRef).map_err(E::custom)
             }
         }
         d.deserialize_bytes(SkuRefVisitor)

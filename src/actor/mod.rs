@@ -96,7 +96,7 @@ pub fn seed_from_passive(shared: &Shared, sku: &Sku, passive: registry::Passive)
             "{sku}: reservation {id} homed here ended while the product was passive"
         );
         seed.homes
-            .insert(id, product::Home::active(r, shared.clock.as_ref()));
+            .insert(id, product::Home::active(r, sku, shared.clock.as_ref()));
     }
     seed
 }

@@ -493,7 +493,15 @@ impl Ledger {
     /// are rare and small): replay decodes them so, without copying their text, and the
     /// log writer's records are viewed so here.
     pub fn apply(&mut self, record: &Record) -> Result<(), String> {
-        self.apply_located(&record.borrowed(), None)
+        // A product the writer creates keeps the record's SKU, shared with the actor's, not a
+        // copy: a copy made a catalog of 1M products 30 MiB larger.
+        let created = match &record.event {
+            Event::ProductPut {
+                sku, created: true, ..
+            } => Some(sku),
+            _ => None,
+        };
+        self.apply_located(&record.borrowed(), None, created)
     }
 
     /// Replays the log in `dir` into a new ledger. The reading thread works out where each
@@ -509,7 +517,7 @@ impl Ledger {
             |records, located, _| {
                 for (i, ((record, _), &located)) in records.iter().zip(located).enumerate() {
                     ledger
-                        .apply_located(record, Some(located))
+                        .apply_located(record, Some(located), None)
                         .map_err(|reason| (i, reason))?;
                 }
                 Ok(())
@@ -523,11 +531,13 @@ impl Ledger {
     }
 
     /// [`Ledger::apply`], finding the record's reservation at the slot replay's index gave
-    /// when `located` is set, else in the ledger's own index.
+    /// when `located` is set, else in the ledger's own index. A product created is given
+    /// `owned_sku` (the record's own) if there is one, else a copy of the record's text.
     fn apply_located(
         &mut self,
         record: &RecordRef<'_>,
         located: Option<Located>,
+        owned_sku: Option<&Sku>,
     ) -> Result<(), String> {
         let RecordRef {
             at_ms,
@@ -572,8 +582,15 @@ impl Ledger {
                         return Err(format!("product {sku} created twice"));
                     }
                     let on_hand = on_hand.unwrap_or(0);
+                    let sku = match owned_sku {
+                        Some(owned) => {
+                            debug_assert_eq!(owned.as_str(), sku.as_str());
+                            owned.clone()
+                        }
+                        None => sku.to_sku(),
+                    };
                     let mut p = Product {
-                        sku: sku.to_sku(),
+                        sku,
                         name: name.map(str::to_string),
                         low_stock_threshold: low_stock_threshold
                             .unwrap_or(LOW_STOCK_THRESHOLD_DEFAULT),
@@ -1371,6 +1388,31 @@ mod tests {
         let n = ledger.records();
         ledger.apply(&record(n, id, event)).expect("applies");
         id
+    }
+
+    /// A product the log writer creates shares the record's SKU string (and so the actor's)
+    /// instead of keeping a copy; one replayed has its own.
+    #[test]
+    fn a_product_created_by_the_writer_shares_the_records_sku() {
+        let sku = Sku::parse("SHARED-1").expect("valid");
+        let event = Event::ProductPut {
+            sku: sku.clone(),
+            created: true,
+            name: None,
+            low_stock_threshold: None,
+            on_hand: Some(5),
+            fingerprint: 0,
+        };
+        let mut ledger = Ledger::new();
+        ledger
+            .apply(&record(0, Uuid::new_v4(), event))
+            .expect("applies");
+        let kept = &ledger.products.get("SHARED-1").expect("created").sku;
+        assert_eq!(kept, &sku);
+        assert!(
+            std::ptr::eq(kept.as_str(), sku.as_str()),
+            "the ledger's SKU is the record's, not a copy"
+        );
     }
 
     #[test]

@@ -977,6 +977,7 @@ impl ProductActor {
             return;
         }
         let items = home.items.to_items(&self.sku);
+        let own_index = home.items.own_index(&self.sku);
         let sold = match sold_quantities(&items, m.items.as_deref()) {
             Ok(sold) => sold,
             Err(detail) => {
@@ -1017,10 +1018,6 @@ impl ProductActor {
                         return;
                     }
                 };
-                let own_index = items
-                    .iter()
-                    .position(|i| i.sku == self.sku)
-                    .expect("home item");
                 self.release_own(
                     items[own_index].quantity,
                     HoldOutcome::Complete {

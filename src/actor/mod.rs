@@ -6,6 +6,7 @@
 //! homed there is due to expire (see [`alarms`]).
 
 pub mod alarms;
+pub mod deadlines;
 pub mod messages;
 pub mod product;
 pub mod registry;

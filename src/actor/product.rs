@@ -6,9 +6,9 @@
 //! on a hot product the map inserts were 40% of the actor's time per reserve. Tentative units
 //! are promised to a multi-item operation still being admitted at other actors; a request
 //! refused only because of them is parked until they settle (a refusal must not depend on
-//! something that may never become durable). Expiry: the deadlines of active holds in one
-//! ordered set (a B-tree: it grows node by node, where a heap's vector moved everything as it
-//! doubled), one sleep armed for the earliest.
+//! something that may never become durable). Expiry: the deadlines of active holds in
+//! [`Deadlines`] (a queue for those that arrive in order, the usual case, and a B-tree for the
+//! rest), one sleep armed for the earliest.
 //!
 //! While more messages wait in its mailbox, the actor also holds each reply until what it
 //! reports is durable, and sends it when the log writer's durable LSN passes (it sees that
@@ -18,7 +18,7 @@
 //! holding the reply would add a hop (log writer, then actor, then caller) to an idle path.
 //! Hot SKU, 1,024 callers: 321k -> 402k reserves/s; HTTP flash unchanged.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use super::deadlines::Deadlines;
 use super::messages::*;
 use super::registry::{Held, Passive};
 use super::{Shared, SYSTEM_ACTOR};
@@ -176,7 +177,7 @@ pub struct ProductActor {
     tentatives: HashMap<Uuid, Tentative>,
     tentative_total: u64,
     homes: GrowingMap<Uuid, Home>,
-    deadlines: BTreeSet<(Instant, Uuid)>,
+    deadlines: Deadlines,
     deferred: VecDeque<Msg>,
     /// LSN of the newest record that changed this product's counts.
     last_lsn: Lsn,
@@ -207,12 +208,12 @@ enum Check {
 /// Starts the actor task and returns its mailbox.
 pub fn spawn(sku: Sku, seed: Seed, shared: Arc<Shared>, incarnation: u64) -> mpsc::Sender<Msg> {
     let (tx, rx) = mpsc::channel(shared.mailbox_capacity);
-    let deadlines = seed
-        .homes
-        .iter()
-        .filter(|(_, h)| h.status == ReservationStatus::Active)
-        .map(|(id, h)| (h.deadline, *id))
-        .collect();
+    let deadlines = Deadlines::from_unsorted(
+        seed.homes
+            .iter()
+            .filter(|(_, h)| h.status == ReservationStatus::Active)
+            .map(|(id, h)| (h.deadline, *id)),
+    );
     let actor = ProductActor {
         sku,
         exists: seed.exists,
@@ -258,7 +259,7 @@ impl ProductActor {
                 }
             }
             // One timer for the earliest deadline, or for passivation when idle.
-            let deadline = self.deadlines.first().map(|(d, _)| *d);
+            let deadline = self.deadlines.first().map(|(d, _)| d);
             let idle_at = self
                 .shared
                 .passivate_after
@@ -336,7 +337,7 @@ impl ProductActor {
         }
         let passivated = if self.exists {
             // The earliest deadline of the active homes: the ordered set has it first.
-            let alarm_at = self.deadlines.first().map(|(at, _)| *at);
+            let alarm_at = self.deadlines.first().map(|(at, _)| at);
             let held = (self.hold_count() > 0).then(|| {
                 let elsewhere = self.holds.iter().map(|(id, q)| (*id, *q));
                 Box::new(Held {
@@ -1173,7 +1174,7 @@ impl ProductActor {
     /// Releases every active hold homed here whose deadline has passed.
     fn expire_due(&mut self) {
         let now = self.shared.clock.now();
-        while let Some(&(deadline, id)) = self.deadlines.first() {
+        while let Some((deadline, id)) = self.deadlines.first() {
             if deadline > now {
                 break;
             }

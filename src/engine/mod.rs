@@ -318,8 +318,30 @@ impl Engine {
         crate::actor::mailbox(&self.inner.shared, sku)
     }
 
-    /// Sends without waiting for mailbox space: a full mailbox is overload.
-    async fn ask(&self, sku: &Sku, make: impl FnOnce(Reply) -> Msg) -> Result<Answer, Refusal> {
+    /// Sends without waiting for mailbox space (a full mailbox is overload), then waits for
+    /// the answer. The message goes out when `ask` is called, not at its future's first poll;
+    /// every caller awaits it at once, so that is the same moment. Its future then holds only
+    /// the reply's receiver: as an `async fn` it kept the closure that builds the message, in
+    /// it and in every future around it (~160 bytes of a reservation's, at each level).
+    fn ask(
+        &self,
+        sku: &Sku,
+        make: impl FnOnce(Reply) -> Msg,
+    ) -> impl std::future::Future<Output = Result<Answer, Refusal>> {
+        let sent = self.send(sku, make);
+        async move {
+            match sent {
+                Ok(rx) => rx.await.unwrap_or(Err(Refusal::Unavailable)),
+                Err(refusal) => Err(refusal),
+            }
+        }
+    }
+
+    fn send(
+        &self,
+        sku: &Sku,
+        make: impl FnOnce(Reply) -> Msg,
+    ) -> Result<oneshot::Receiver<Result<Answer, Refusal>>, Refusal> {
         let (reply, rx) = oneshot::channel();
         let mut msg = make(reply);
         // A closed mailbox hands the message back: its actor passivated meanwhile, and the
@@ -329,7 +351,7 @@ impl Engine {
                 return Err(Refusal::NotFound);
             };
             match tx.try_send(msg) {
-                Ok(()) => return rx.await.unwrap_or(Err(Refusal::Unavailable)),
+                Ok(()) => return Ok(rx),
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     self.inner.metrics.mailbox_rejections.inc();
                     return Err(Refusal::Overloaded);
@@ -368,12 +390,13 @@ impl Engine {
     }
 
     /// Runs `work` in a task of its own so that it finishes even if the caller goes away.
-    async fn detached<T: Send + 'static>(
+    /// Spawned at the call, like [`Self::ask`]'s message: so the caller's future holds the
+    /// task's handle, not a copy of `work` (as an `async fn` argument would).
+    fn detached<T: Send + 'static>(
         work: impl std::future::Future<Output = Result<T, EngineError>> + Send + 'static,
-    ) -> Result<T, EngineError> {
-        tokio::spawn(work)
-            .await
-            .unwrap_or(Err(EngineError::Unavailable))
+    ) -> impl std::future::Future<Output = Result<T, EngineError>> {
+        let task = tokio::spawn(work);
+        async move { task.await.unwrap_or(Err(EngineError::Unavailable)) }
     }
 
     /// `Some(Ok)` if `id` names a finished operation made with the same request (a repeat),
@@ -767,22 +790,26 @@ impl Engine {
 
     /// The last step of a multi-item operation: the home actor logs the one record; then the
     /// other actors' tentative holds are committed at its LSN, or aborted if it refused.
-    async fn finish_at_home(
-        &self,
+    /// Not an `async fn`, for the reason [`Self::ask`] gives: the message is sent at the call.
+    fn finish_at_home<'a>(
+        &'a self,
         home: &Sku,
-        make: impl FnOnce(Reply) -> Msg,
-        granted: &[Sku],
+        make: impl FnOnce(Reply) -> Msg + 'a,
+        granted: &'a [Sku],
         key: Uuid,
-    ) -> Result<Answer, Refusal> {
-        match self.ask(home, make).await {
-            Ok(answer) => {
-                let lsn = answer.lsn().expect("the home actor logs the operation");
-                self.settle(granted, key, Some(lsn)).await;
-                Ok(answer)
-            }
-            Err(refusal) => {
-                self.settle(granted, key, None).await;
-                Err(refusal)
+    ) -> impl std::future::Future<Output = Result<Answer, Refusal>> + 'a {
+        let asked = self.ask(home, make);
+        async move {
+            match asked.await {
+                Ok(answer) => {
+                    let lsn = answer.lsn().expect("the home actor logs the operation");
+                    self.settle(granted, key, Some(lsn)).await;
+                    Ok(answer)
+                }
+                Err(refusal) => {
+                    self.settle(granted, key, None).await;
+                    Err(refusal)
+                }
             }
         }
     }

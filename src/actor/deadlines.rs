@@ -12,7 +12,8 @@
 //! waiting caller would feel. A hold that ends early is found by binary search (the queue is
 //! sorted) and marked dead; dead entries are dropped when they reach the front, and once the
 //! dead outnumber the live the queue is rebuilt without them, so it never holds more than
-//! twice the live entries plus one chunk (each removal pays for one entry of the rebuild).
+//! twice the live entries plus a few dozen (each removal pays for one entry of the rebuild),
+//! and the front chunk's entries already taken.
 
 use std::collections::{BTreeSet, VecDeque};
 
@@ -29,8 +30,19 @@ pub type Deadline = (Instant, Uuid);
 const CHUNK_ENTRIES: usize = 1024;
 #[cfg(test)]
 const CHUNK_ENTRIES: usize = 8;
-/// Dead entries the queue may carry before a rebuild is considered.
-const DEAD_ENTRIES_MIN: usize = CHUNK_ENTRIES;
+/// Dead entries the queue may carry before a rebuild is considered. Small: a product whose
+/// front hold lives long (an abandoned cart) while later ones end keeps that many dead
+/// entries. A rebuild waits for the dead to outnumber the live, so it stays O(1) a removal.
+#[cfg(not(test))]
+const DEAD_ENTRIES_MIN: usize = 64;
+#[cfg(test)]
+const DEAD_ENTRIES_MIN: usize = 8;
+/// A lone chunk emptied is kept for the next insert up to this capacity, and freed above it
+/// (a product past a burst of holds does not keep ~40 KiB for its next few).
+#[cfg(not(test))]
+const KEPT_CHUNK_ENTRIES_MAX: usize = 16;
+#[cfg(test)]
+const KEPT_CHUNK_ENTRIES_MAX: usize = 4;
 
 #[derive(Debug, Clone, Copy)]
 struct Entry {
@@ -39,7 +51,7 @@ struct Entry {
 }
 
 /// Invariants: the queue is strictly increasing across and within chunks; no chunk is empty
-/// but a lone one; entries of the front chunk before `head` are gone, and the one at `head`
+/// but a lone, small one; entries of the front chunk before `head` are gone, and the one at `head`
 /// (if any) is live.
 #[derive(Debug, Default)]
 pub struct Deadlines {
@@ -153,9 +165,9 @@ impl Deadlines {
         Some(first)
     }
 
-    /// Restores the front invariant: drops gone and dead entries, and emptied chunks but the
-    /// last, which is kept for the next insert (on a product whose holds come and go one at a
-    /// time, freeing it meant an allocation per hold).
+    /// Restores the front invariant: drops gone and dead entries, and emptied chunks but a
+    /// small last one, which is kept for the next insert (on a product whose holds come and
+    /// go one at a time, freeing it meant an allocation per hold).
     fn settle(&mut self) {
         loop {
             let lone = self.chunks.len() == 1;
@@ -163,7 +175,7 @@ impl Deadlines {
                 break;
             };
             if self.head == chunk.len() {
-                if lone {
+                if lone && chunk.capacity() <= KEPT_CHUNK_ENTRIES_MAX {
                     chunk.clear();
                     self.head = 0;
                     break;
@@ -325,6 +337,56 @@ mod tests {
         assert_eq!(expired, kept);
         assert!(deadlines.is_empty());
         assert!(deadlines.chunks.len() <= 1 && deadlines.chunks.iter().all(Vec::is_empty));
+    }
+
+    /// A deadline `ms` after `base`, for reservation number `ms`.
+    fn at_ms(base: Instant, ms: u64) -> Deadline {
+        (base + Duration::from_millis(ms), Uuid::from_u128(ms.into()))
+    }
+
+    /// Deadlines holding one, [`at_ms`] 0 of the base returned.
+    fn holding_one() -> (Instant, Deadlines) {
+        let base = Instant::now();
+        let mut deadlines = Deadlines::default();
+        deadlines.insert(at_ms(base, 0));
+        (base, deadlines)
+    }
+
+    #[test]
+    fn a_long_lived_front_hold_does_not_keep_the_dead_behind_it() {
+        let (base, mut deadlines) = holding_one();
+        let d = |ms| at_ms(base, ms);
+        for ms in 1..1_000 {
+            deadlines.insert(d(ms));
+            assert!(deadlines.remove(&d(ms)));
+            let queued: usize = deadlines.chunks.iter().map(Vec::len).sum();
+            assert!(
+                queued <= 2 + DEAD_ENTRIES_MIN,
+                "{queued} queued for one live"
+            );
+        }
+        assert_eq!(deadlines.len(), 1);
+        assert_eq!(deadlines.first(), Some(d(0)));
+    }
+
+    #[test]
+    fn an_emptied_chunk_is_kept_only_if_small() {
+        let (base, mut deadlines) = holding_one();
+        let d = |ms| at_ms(base, ms);
+        assert_eq!(deadlines.pop_first(), Some(d(0)));
+        assert_eq!(
+            deadlines.chunks.len(),
+            1,
+            "a small chunk is kept for the next insert"
+        );
+        for ms in 1..=CHUNK_ENTRIES as u64 {
+            deadlines.insert(d(ms));
+        }
+        while deadlines.pop_first().is_some() {}
+        assert!(
+            deadlines.chunks.is_empty(),
+            "a grown chunk is freed once emptied"
+        );
     }
 
     #[test]

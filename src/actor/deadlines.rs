@@ -191,17 +191,20 @@ impl Deadlines {
         }
     }
 
+    /// The queue's live entries, in order.
+    fn queued(&self) -> impl Iterator<Item = &Entry> {
+        self.chunks
+            .iter()
+            .enumerate()
+            .flat_map(|(at, c)| &c[if at == 0 { self.head } else { 0 }..])
+            .filter(|e| e.live)
+    }
+
     /// The queue again without its dead entries.
     fn rebuild(&mut self) {
         let mut chunks: VecDeque<Vec<Entry>> = VecDeque::new();
         let mut chunk = Vec::new();
-        let live = self
-            .chunks
-            .iter()
-            .enumerate()
-            .flat_map(|(at, c)| &c[if at == 0 { self.head } else { 0 }..])
-            .filter(|e| e.live);
-        for entry in live {
+        for entry in self.queued() {
             if chunk.len() == CHUNK_ENTRIES {
                 chunks.push_back(std::mem::replace(
                     &mut chunk,
@@ -224,11 +227,7 @@ impl Deadlines {
     #[cfg(test)]
     fn to_vec(&self) -> Vec<Deadline> {
         let mut out: Vec<Deadline> = self
-            .chunks
-            .iter()
-            .enumerate()
-            .flat_map(|(at, c)| &c[if at == 0 { self.head } else { 0 }..])
-            .filter(|e| e.live)
+            .queued()
             .map(|e| e.deadline)
             .chain(self.others.iter().copied())
             .collect();

@@ -336,7 +336,7 @@ impl ProductActor {
             return false;
         }
         let passivated = if self.exists {
-            // The earliest deadline of the active homes: the ordered set has it first.
+            // The earliest deadline of the active homes.
             let alarm_at = self.deadlines.first().map(|(at, _)| at);
             let held = (self.hold_count() > 0).then(|| {
                 let elsewhere = self.holds.iter().map(|(id, q)| (*id, *q));

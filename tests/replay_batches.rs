@@ -8,7 +8,7 @@ use std::path::Path;
 
 use stockd::domain::Sku;
 use stockd::wal::frame::encode_record;
-use stockd::wal::replay::{replay, Mode};
+use stockd::wal::replay::{replay, Mode, PIECE_READ_BYTES};
 use stockd::wal::segment::{file_name, header};
 use stockd::wal::{Event, Record};
 use uuid::Uuid;
@@ -57,6 +57,19 @@ fn write_log(dir: &Path) -> Vec<Vec<u64>> {
     offsets
 }
 
+/// Replays the log in `dir` in repair mode, checking that records come in order (record `n`
+/// has `at_ms` n); returns how many came, and the outcome.
+fn repair_in_order(dir: &Path) -> (u64, stockd::wal::replay::ReplayOutcome) {
+    let mut count = 0u64;
+    let outcome = replay(dir, Mode::Repair, |r, _| {
+        assert_eq!(r.at_ms as u64, count);
+        count += 1;
+        Ok(())
+    })
+    .expect("replay");
+    (count, outcome)
+}
+
 #[test]
 fn every_record_arrives_once_in_order_with_its_offset() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -97,13 +110,7 @@ fn a_torn_tail_after_many_batches_is_cut_there_and_keeps_everything_before() {
     // The next frame, cut inside its header.
     edit_segment(dir.path(), SEGMENTS, |bytes| bytes.truncate(cut_at + 5));
 
-    let mut count = 0u64;
-    let outcome = replay(dir.path(), Mode::Repair, |r, _| {
-        assert_eq!(r.at_ms as u64, count);
-        count += 1;
-        Ok(())
-    })
-    .expect("replay");
+    let (count, outcome) = repair_in_order(dir.path());
     let expected = (SEGMENTS - 1) * PER_SEGMENT + keep as u64;
     assert_eq!(count, expected);
     assert_eq!(outcome.records, expected);
@@ -327,4 +334,138 @@ fn an_undecodable_record_with_a_good_checksum_stops_replay_there() {
     assert!(text.contains(&file_name(2)), "{text}");
     assert!(text.contains(&format!("offset {at}")), "{text}");
     assert!(text.contains("undecodable"), "{text}");
+}
+
+/// A segment several pieces long (replay reads a segment `PIECE_READ_BYTES` at a time):
+/// records of varied sizes, a few of them large, so that frames are cut by the pieces' ends
+/// at different places. Returns each frame's offset.
+fn long_segment(dir: &Path) -> (Vec<u64>, Vec<u8>) {
+    let mut bytes = header().to_vec();
+    let mut at = Vec::new();
+    let mut n = 0u64;
+    while bytes.len() < 3 * PIECE_READ_BYTES + PIECE_READ_BYTES / 2 {
+        at.push(bytes.len() as u64);
+        let mut r = record(n);
+        // Mostly short records; every 5,000th a large one (up to ~600 KB).
+        let note_bytes = if n % 5_000 == 4_999 {
+            100_000 + (n as usize * 7_919) % 500_000
+        } else {
+            (n as usize * 31) % 300
+        };
+        if let Event::Restocked { note, .. } = &mut r.event {
+            *note = Some("n".repeat(note_bytes));
+        }
+        encode_record(&r, &mut bytes).expect("encode");
+        n += 1;
+    }
+    std::fs::write(dir.join(file_name(1)), &bytes).expect("write segment");
+    (at, bytes)
+}
+
+/// The first frame that a piece's end cuts: the one holding byte `boundary`.
+fn frame_across(offsets: &[u64], boundary: usize) -> usize {
+    offsets
+        .iter()
+        .rposition(|&at| at as usize <= boundary)
+        .expect("a frame before the boundary")
+}
+
+#[test]
+fn a_segment_read_in_pieces_gives_every_record_once_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (offsets, bytes) = long_segment(dir.path());
+    // The test means something only if frames straddle the pieces' ends.
+    assert!(offsets.iter().all(|&at| at as usize != PIECE_READ_BYTES));
+    let mut seen = Vec::new();
+    let outcome = replay(dir.path(), Mode::ReadOnly, |r, at| {
+        seen.push((r.at_ms as u64, at.offset));
+        Ok(())
+    })
+    .expect("replay");
+    assert!(outcome.torn_tail.is_none());
+    assert_eq!(outcome.records, offsets.len() as u64);
+    assert_eq!(outcome.bytes, bytes.len() as u64);
+    let expected: Vec<(u64, u64)> = offsets
+        .iter()
+        .enumerate()
+        .map(|(n, &at)| (n as u64, at))
+        .collect();
+    assert_eq!(seen, expected);
+}
+
+#[test]
+fn a_tail_torn_inside_a_frame_across_a_piece_end_is_cut_there() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (offsets, _) = long_segment(dir.path());
+    // The log ends inside the frame that the second piece's end cuts: the piece then holds
+    // part of it, and the next read finds the file's end.
+    let torn = frame_across(&offsets, 2 * PIECE_READ_BYTES);
+    let cut_at = offsets[torn] as usize;
+    let end = (cut_at + offsets[torn + 1] as usize) / 2;
+    edit_segment(dir.path(), 1, |bytes| bytes.truncate(end));
+    let (count, outcome) = repair_in_order(dir.path());
+    assert_eq!(count, torn as u64);
+    let tail = outcome.torn_tail.expect("torn tail reported");
+    assert_eq!(tail.offset, cut_at as u64);
+    assert_eq!(tail.dropped_bytes, (end - cut_at) as u64);
+    let len = std::fs::metadata(dir.path().join(file_name(1)))
+        .expect("stat")
+        .len();
+    assert_eq!(len, cut_at as u64, "cut at the last whole record");
+}
+
+#[test]
+fn zeros_written_ahead_across_pieces_are_a_torn_tail_and_a_record_after_them_is_not() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (offsets, bytes) = long_segment(dir.path());
+    // Zeros from just before the first piece's end on, for more than a piece: as the writer
+    // leaves them ahead of its records.
+    let from = offsets[frame_across(&offsets, PIECE_READ_BYTES) - 3] as usize;
+    let zeros = PIECE_READ_BYTES + 12_345;
+    edit_segment(dir.path(), 1, |b| {
+        b.truncate(from);
+        b.resize(from + zeros, 0);
+    });
+    let outcome = replay(dir.path(), Mode::ReadOnly, |_, _| Ok(())).expect("replay");
+    let expected = offsets.iter().filter(|&&at| (at as usize) < from).count() as u64;
+    assert_eq!(outcome.records, expected);
+    let tail = outcome.torn_tail.expect("zeros reported");
+    assert_eq!(tail.offset, from as u64);
+    assert_eq!(tail.dropped_bytes, zeros as u64);
+    assert_eq!(tail.reason, stockd::wal::replay::ZEROS);
+
+    // A good record after those zeros: a hole, not a tail (after the last segment's looks
+    // again, which find the same).
+    edit_segment(dir.path(), 1, |b| {
+        b.extend_from_slice(&bytes[offsets[0] as usize..offsets[1] as usize]);
+    });
+    let err = replay(dir.path(), Mode::ReadOnly, |_, _| Ok(())).expect_err("a hole");
+    let text = err.to_string();
+    assert!(text.contains(&format!("offset {from}")), "{text}");
+    assert!(
+        text.contains(&format!("valid record follows at offset {}", from + zeros)),
+        "{text}"
+    );
+}
+
+#[test]
+fn damage_just_past_a_piece_end_is_reported_at_its_frame() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (offsets, _) = long_segment(dir.path());
+    // The frame cut by the first piece's end: its payload's last byte lies in the next read.
+    let bad = frame_across(&offsets, PIECE_READ_BYTES);
+    let at = offsets[bad] as usize;
+    let last_byte = offsets[bad + 1] as usize - 1;
+    assert!(last_byte >= PIECE_READ_BYTES);
+    edit_segment(dir.path(), 1, |b| b[last_byte] ^= 0x40);
+    let mut applied = 0u64;
+    let err = replay(dir.path(), Mode::Repair, |_, _| {
+        applied += 1;
+        Ok(())
+    })
+    .expect_err("corruption");
+    assert_eq!(applied, bad as u64);
+    let text = err.to_string();
+    assert!(text.contains(&format!("offset {at}")), "{text}");
+    assert!(text.contains("checksum mismatch"), "{text}");
 }

@@ -8,20 +8,20 @@
 //! (a bad frame followed by valid ones, damage in an earlier segment, a bad header) is
 //! corruption: refuse, naming file and byte offset.
 //!
-//! Three threads in a pipeline: the file thread reads the segments and checks every frame's
-//! checksum; the reading thread decodes the records; the caller's thread applies them, in log
-//! order, in batches. Checking is plain arithmetic over the bytes, a sixth of what one thread
+//! Three threads in a pipeline: the file thread reads the segments, a few MiB at a time (see
+//! [`Piece`]), and checks every frame's checksum; the reading thread decodes the records; the
+//! caller's thread applies them, in log order, in batches. Checking is plain arithmetic over the bytes, a sixth of what one thread
 //! did when it also decoded; off that thread, decoding and applying are about even and all
 //! three overlap. The caller can move work onto the reading thread too (a `note` taken of
 //! each record; the ledger builds its reservation index there).
-//! Records are decoded borrowed ([`RecordRef`]): their text points into the segment's bytes,
-//! which each batch holds, so decoding allocates nothing for SKUs or strings and nothing is
+//! Records are decoded borrowed ([`RecordRef`]): their text points into the pieces of the
+//! segment that each batch holds, so decoding allocates nothing for SKUs or strings and nothing is
 //! freed per record. (Owned records were ~100 ns each to decode and drop, borrowed ~60, in a
 //! loop over the replay bench's log.) Spent batches go back to the reading thread to be
 //! refilled, so their lists are not allocated again.
 
 use std::fs::OpenOptions;
-use std::io::Read as _;
+use std::io::{Read as _, Seek as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -29,6 +29,7 @@ use super::frame::{read_frame, Frame, FRAME_HEADER_BYTES};
 use super::record::{decode_payload_ref, Record, RecordRef};
 use super::segment::{self, HEADER_BYTES};
 use super::WalError;
+use crate::domain::limits::RECORD_MAX_BYTES;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -76,8 +77,16 @@ pub struct Position<'a> {
 /// channel costs nothing per record, small enough that the applier starts at once.
 const BATCH_RECORDS: usize = 1024;
 /// Batches in flight between the two threads: bounds the decoded records held in memory
-/// (a few MiB) when applying is the slower side, as it is.
-const BATCHES_IN_FLIGHT: usize = 8;
+/// (~5 MiB) when applying is the slower side, as it is. Deep enough (~6 ms of applying) that
+/// the applier keeps busy while the reading thread gives its core to the file thread for a
+/// piece. (8 before pieces; at 32 a 10M-record replay was no slower, 1M slightly quicker,
+/// both within the machine's noise.)
+const BATCHES_IN_FLIGHT: usize = 32;
+
+/// Distinct pieces a batch may hold before it is sent on, whatever its records' count: so
+/// that a batch of large records cannot hold every piece the file thread may have, which
+/// would leave it waiting for a piece while the batch waits for its frames.
+const BATCH_PIECES_MAX: usize = 2;
 
 /// Decoded records, each with its byte offset, and what the reading thread's `note` said of
 /// each. The notes are taken in a loop of their own once the batch is full, so that a note
@@ -87,18 +96,17 @@ const BATCHES_IN_FLIGHT: usize = 8;
 /// 3.3-4.3 s. The ledger's note now touches only a small map, see `ReplayIndex`.)
 ///
 /// A batch holds records of one segment only (a segment's end sends what is batched), and
-/// holds that segment's bytes, which its records borrow: one read of them, or more when the
-/// last segment was read again (see [`LAST_SEGMENT_REREADS`]).
+/// holds the pieces of that segment its records borrow from: at most [`BATCH_PIECES_MAX`].
 struct Batch<N> {
     /// Borrowed from `bytes`, not for `'static`: handed out only through [`Batch::records`],
     /// which ties them to the batch, and cleared before `bytes` is let go (declared first, so
     /// dropped first too).
     records: Vec<(RecordRef<'static>, u64)>,
     notes: Vec<N>,
-    /// The reads of the segment the records borrow from. While these are held no one can
-    /// change or free those bytes: an `Arc<Vec<u8>>` is only unwrapped or changed when
-    /// nothing else holds it. At most 1 + [`LAST_SEGMENT_REREADS`].
-    bytes: Vec<Arc<Vec<u8>>>,
+    /// The pieces the records borrow from. While these are held no one can change or free
+    /// those bytes: a piece's buffer goes back to be read into only when the last `Arc` of
+    /// it is dropped.
+    bytes: Vec<Arc<Piece>>,
 }
 
 impl<N> Batch<N> {
@@ -106,7 +114,7 @@ impl<N> Batch<N> {
         Batch {
             records: Vec::with_capacity(BATCH_RECORDS),
             notes: Vec::with_capacity(BATCH_RECORDS),
-            bytes: Vec::with_capacity(1),
+            bytes: Vec::with_capacity(BATCH_PIECES_MAX),
         }
     }
 
@@ -121,24 +129,32 @@ impl<N> Batch<N> {
         }
     }
 
-    /// Decodes the payload at `range` of `bytes` and adds it, taken at `offset`.
+    /// Whether adding a record of `piece` would take a piece more than the batch may hold.
+    fn is_full_for(&self, piece: &Arc<Piece>) -> bool {
+        self.bytes.len() >= BATCH_PIECES_MAX && !self.holds_last(piece)
+    }
+
+    fn holds_last(&self, piece: &Arc<Piece>) -> bool {
+        self.bytes
+            .last()
+            .is_some_and(|held| Arc::ptr_eq(held, piece))
+    }
+
+    /// Decodes the payload at `range` of `piece` and adds it, taken at `offset`.
     fn push(
         &mut self,
-        bytes: &Arc<Vec<u8>>,
+        piece: &Arc<Piece>,
         range: std::ops::Range<usize>,
         offset: u64,
     ) -> Result<(), postcard::Error> {
-        if !self
-            .bytes
-            .last()
-            .is_some_and(|held| Arc::ptr_eq(held, bytes))
-        {
-            self.bytes.push(bytes.clone());
+        if !self.holds_last(piece) {
+            self.bytes.push(piece.clone());
         }
-        let record = decode_payload_ref(&bytes[range])?;
-        // SAFETY: the record borrows the heap buffer of `bytes`, which `self.bytes` now holds
+        let record = decode_payload_ref(&piece.bytes[range])?;
+        // SAFETY: the record borrows the heap buffer of `piece`, which `self.bytes` now holds
         // too: it neither moves nor changes until `clear` (or drop) has removed the record
-        // first. Outside this type the records are only seen as borrowing `self`.
+        // first (a piece's buffer is taken back only when its last `Arc` is dropped).
+        // Outside this type the records are only seen as borrowing `self`.
         let record = unsafe { std::mem::transmute::<RecordRef<'_>, RecordRef<'static>>(record) };
         self.records.push((record, offset));
         Ok(())
@@ -152,7 +168,7 @@ impl<N> Batch<N> {
         self.records.is_empty()
     }
 
-    /// Empties the batch and lets go of its segment's bytes.
+    /// Empties the batch and lets go of its pieces.
     fn clear(&mut self) {
         self.records.clear();
         self.notes.clear();
@@ -225,17 +241,10 @@ pub fn replay_batches<N: Send>(
     let (tx, rx) = crossbeam_channel::bounded(BATCHES_IN_FLIGHT);
     // Room for every batch that can exist at once, so handing one back never waits.
     let (spent_tx, spent_rx) = crossbeam_channel::bounded::<Batch<N>>(BATCHES_IN_FLIGHT + 2);
-    // One token per segment read and not yet applied: the file thread puts one in before it
-    // reads a segment, this thread takes one out at each segment's end, which comes after
-    // all its records. A batch borrows its segment's bytes, so the bytes held are at most
-    // SEGMENTS_HELD segments, whatever the records' sizes (big records make few batches).
-    let (held_tx, held_rx) = crossbeam_channel::bounded::<()>(SEGMENTS_HELD);
     std::thread::scope(|scope| {
         let reader = std::thread::Builder::new()
             .name("stockd-replay-read".into())
-            .spawn_scoped(scope, || {
-                read_segments(&segments, note, tx, spent_rx, held_tx)
-            })
+            .spawn_scoped(scope, || read_segments(&segments, note, tx, spent_rx))
             .map_err(|e| WalError::io("cannot start the replay thread for", dir, e))?;
         // Applying stops at the first error; dropping `rx` then stops the reader.
         let applied = (|| {
@@ -252,8 +261,8 @@ pub fn replay_batches<N: Send>(
                             }
                         })?;
                         outcome.records += records.len() as u64;
-                        // Let go of the segment's bytes now, so the file thread may read
-                        // another segment into them (see `Kept`).
+                        // Let go of the pieces now, so the file thread may read into them
+                        // again (see `Pool`).
                         batch.clear();
                         // Full only if the reader has stopped: then the batch is freed here.
                         let _ = spent_tx.try_send(batch);
@@ -267,8 +276,6 @@ pub fn replay_batches<N: Send>(
                                 header_torn,
                             },
                     } => {
-                        // Every record of it is applied: the file thread may read another.
-                        let _ = held_rx.try_recv();
                         let (index, path) = &segments[segment];
                         if mode == Mode::Repair {
                             if let Some(torn) = &torn {
@@ -293,10 +300,8 @@ pub fn replay_batches<N: Send>(
             }
             Ok(())
         })();
-        // Hang up first, so that a reading or file thread waiting to hand over more, or to
-        // read more, stops.
+        // Hang up first, so that a reading thread waiting to hand over more stops.
         drop(rx);
-        drop(held_rx);
         let read = reader.join();
         applied?;
         // The reader ends only after its last message, or on an error it sent, or because
@@ -328,25 +333,26 @@ fn repair(dir: &Path, path: &Path, torn: &TornTail, header_torn: bool) -> Result
 /// The reading side of [`replay`]: every segment in order, as batches of decoded records,
 /// each segment closed by a [`Read::SegmentEnd`]. Stops at the first corruption (sent as
 /// [`Read::Failed`]) or when the applying side hangs up. The files are read, and their frames
-/// checked, on a thread of their own ([`check_segments`]), up to a segment ahead: reading a
-/// 64 MiB segment takes tens of milliseconds, which this pipeline otherwise spent waiting,
-/// and checking the frames' checksums was a sixth of this thread's work, this thread being
-/// the slower side.
+/// checked, on a thread of their own ([`check_segments`]), a few pieces ahead: reading takes
+/// time this pipeline otherwise spent waiting, and checking the frames' checksums was a
+/// sixth of this thread's work, this thread being the slower side.
 fn read_segments<N>(
     segments: &[(u64, PathBuf)],
     note: &mut impl FnMut(&RecordRef<'_>) -> N,
     tx: crossbeam_channel::Sender<Read<N>>,
     spent: crossbeam_channel::Receiver<Batch<N>>,
-    held_tx: crossbeam_channel::Sender<()>,
 ) {
     let Some((_, first)) = segments.first() else {
         return;
     };
     let (checked_tx, checked_rx) = crossbeam_channel::bounded(CHECKED_IN_FLIGHT);
+    // Never sent on: dropped when this thread is done, which stops a file thread that is
+    // waiting for a piece (pieces held in the channels are only freed after it has gone).
+    let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
     std::thread::scope(|scope| {
         let files = std::thread::Builder::new()
             .name("stockd-replay-file".into())
-            .spawn_scoped(scope, move || check_segments(segments, checked_tx, held_tx));
+            .spawn_scoped(scope, move || check_segments(segments, checked_tx, stop_rx));
         let files = match files {
             Ok(handle) => handle,
             Err(e) => {
@@ -364,12 +370,12 @@ fn read_segments<N>(
             let go_on = decode_frames(&checked, path, &mut batch, note, &tx, &spent);
             let Checked {
                 segment,
-                bytes,
+                piece,
                 end,
                 ..
             } = checked;
-            // The batches hold what they borrow from the segment's bytes.
-            drop(bytes);
+            // The batches hold what they borrow from the piece.
+            drop(piece);
             let end = match (go_on, end) {
                 (Ok(false), _) => break,
                 (Ok(true), None) => continue,
@@ -390,9 +396,10 @@ fn read_segments<N>(
                 break;
             }
         }
-        // Hang up first, so that a file thread waiting to hand over more, or to read more,
-        // stops.
+        // Hang up first, so that a file thread waiting to hand over more, or waiting for a
+        // piece to read into, stops.
         drop(checked_rx);
+        drop(stop_tx);
         if let Err(panic) = files.join() {
             std::panic::resume_unwind(panic);
         }
@@ -403,27 +410,125 @@ fn read_segments<N>(
 /// per frame, few enough that decoding starts at once.
 const CHECKED_FRAMES: usize = 16 * 1024;
 /// Messages in flight from the file thread: about a segment of small records, so that the
-/// file thread is not held up while the next segment waits. Bounds the offsets held (8 MiB).
+/// file thread is not held up while the next piece waits. Bounds the offsets held (8 MiB).
 const CHECKED_IN_FLIGHT: usize = 64;
-/// Segments read and not yet applied: one being applied, one being decoded and the next,
-/// read and checked meanwhile. Bounds the segments' bytes held (batches borrow from them).
-const SEGMENTS_HELD: usize = 3;
+/// Bytes read into a piece at a time, after what it carries over from the piece before.
+/// Small enough that checking (and so decoding and applying) starts within a few
+/// milliseconds of replay's start, where reading a whole 64 MiB segment first took 50-70 ms
+/// with every other thread waiting (a fifth of a 1M-record replay); large enough that the
+/// pieces' hand-overs cost nothing per record. At least twice the largest frame, so that a
+/// piece always takes in a whole frame after the part of one carried over (see
+/// [`check_piece`]).
+pub const PIECE_READ_BYTES: usize = 4 << 20;
+/// The largest frame a segment can hold.
+const FRAME_MAX_BYTES: usize = FRAME_HEADER_BYTES + RECORD_MAX_BYTES;
+const _: () = assert!(PIECE_READ_BYTES >= 2 * FRAME_MAX_BYTES);
+/// Pieces in memory at once (being read, waiting to be decoded, or borrowed by batches not
+/// yet applied): bounds replay's read buffers at ~40 MiB, and lets the file thread run
+/// ~30 MiB of records ahead. More than a batch may hold ([`BATCH_PIECES_MAX`]) plus the one
+/// being decoded and the one being read, so that waiting for a piece always ends.
+const PIECES: usize = 8;
+const _: () = assert!(PIECES > BATCH_PIECES_MAX + 2);
 /// Times the last segment is read again when it shows a fault with a good record after it.
 /// `verify` and `dump` take no lock, so they may read a log a server is appending to, and a
 /// read that copies one page before a write and the next page after it shows a hole before a
 /// good record: corruption to a reader that looks once. The write is done within
 /// microseconds, so a second look settles it; a fault still there after these looks is
-/// real. (Each look holds the segment's bytes once more until its frames are decoded.)
+/// real.
 const LAST_SEGMENT_REREADS: usize = 3;
 /// Between those looks: ample time for a write in progress to finish.
 const REREAD_PAUSE_MS: u64 = 5;
 
-/// Frames of one segment whose checksums are good, for the reading thread to decode.
+/// A run of a segment's bytes, read in one go: the frames whose checksums the file thread
+/// found good in it are decoded from it, and the records borrow from it.
+///
+/// Why pieces and not whole segments: replay read each 64 MiB segment whole before checking
+/// it, so the first segment's read held up every thread, and three segments' buffers
+/// (192 MiB) were kept to be read into again. Pieces come from a [`Pool`] of [`PIECES`]
+/// buffers; the last holder of a piece to drop it sends its buffer back.
+pub(crate) struct Piece {
+    bytes: Vec<u8>,
+    /// Where `bytes[0]` lies in its segment.
+    base: usize,
+    /// Where the buffer goes back to: none for a piece made outside a pool (tests).
+    pool: Option<crossbeam_channel::Sender<Vec<u8>>>,
+}
+
+impl Piece {
+    #[cfg(test)]
+    fn detached(bytes: Vec<u8>, base: usize) -> Arc<Piece> {
+        Arc::new(Piece {
+            bytes,
+            base,
+            pool: None,
+        })
+    }
+}
+
+impl Drop for Piece {
+    fn drop(&mut self) {
+        if let Some(pool) = &self.pool {
+            // The channel has room for every buffer; it fails only once the pool is gone,
+            // and then the buffer is freed here.
+            let _ = pool.try_send(std::mem::take(&mut self.bytes));
+        }
+    }
+}
+
+/// The file thread's read buffers: at most [`PIECES`] exist, each read into again once the
+/// piece it was is dropped everywhere.
+struct Pool {
+    free_tx: crossbeam_channel::Sender<Vec<u8>>,
+    free_rx: crossbeam_channel::Receiver<Vec<u8>>,
+    made: usize,
+}
+
+impl Pool {
+    fn new() -> Pool {
+        let (free_tx, free_rx) = crossbeam_channel::bounded(PIECES);
+        Pool {
+            free_tx,
+            free_rx,
+            made: 0,
+        }
+    }
+
+    /// An empty buffer with room for a piece: a free one, else a new one while fewer than
+    /// [`PIECES`] exist, else the next to come back. None if `stop` hangs up first.
+    fn take(&mut self, stop: &crossbeam_channel::Receiver<()>) -> Option<Vec<u8>> {
+        let mut buffer = match self.free_rx.try_recv() {
+            Ok(buffer) => buffer,
+            Err(_) if self.made < PIECES => {
+                self.made += 1;
+                Vec::new()
+            }
+            Err(_) => crossbeam_channel::select! {
+                recv(self.free_rx) -> buffer => buffer.ok()?,
+                recv(stop) -> _ => return None,
+            },
+        };
+        buffer.clear();
+        // A piece read to a segment's end after a fault can be larger: not kept as large.
+        buffer.shrink_to(PIECE_READ_BYTES + FRAME_MAX_BYTES);
+        buffer.reserve(PIECE_READ_BYTES + FRAME_MAX_BYTES);
+        Some(buffer)
+    }
+
+    fn piece(&self, bytes: Vec<u8>, base: usize) -> Arc<Piece> {
+        Arc::new(Piece {
+            bytes,
+            base,
+            pool: Some(self.free_tx.clone()),
+        })
+    }
+}
+
+/// Frames of one piece whose checksums are good, for the reading thread to decode.
 struct Checked {
     segment: usize,
-    /// The whole segment, shared by all its messages.
-    bytes: Arc<Vec<u8>>,
-    /// Where each frame starts, then where the last one ends: frame `i` is
+    /// The piece, shared by all its messages.
+    piece: Arc<Piece>,
+    /// Where each frame starts in the piece, then where the last one ends: frame `i` is
     /// `bounds[i]..bounds[i + 1]`.
     bounds: Vec<usize>,
     /// On the segment's last message: how it ends after these frames (a clean end, a torn
@@ -431,150 +536,163 @@ struct Checked {
     end: Option<Result<SegmentEnd, WalError>>,
 }
 
-/// The file thread: reads each segment in order, checks its header and frames, and hands
-/// the good frames on in order, then how the segment ends. Corruption is sent after the
-/// frames before it, so that those are decoded (and their own faults reported) first, as
-/// if read one by one. Stops at the first error or when the reading thread hangs up. Puts a
-/// token in `held` before reading each segment (see [`replay_batches`]).
+/// The file thread: reads each segment in order, a piece at a time, checks its header and
+/// frames, and hands the good frames on in order, then how the segment ends. Corruption is
+/// sent after the frames before it, so that those are decoded (and their own faults
+/// reported) first, as if read one by one. Stops at the first error, when the reading thread
+/// hangs up, or when `stop` does.
 fn check_segments(
     segments: &[(u64, PathBuf)],
     checked_tx: crossbeam_channel::Sender<Checked>,
-    held: crossbeam_channel::Sender<()>,
+    stop: crossbeam_channel::Receiver<()>,
 ) {
     let count = segments.len();
-    let mut kept = Kept::for_segments(segments);
+    let mut pool = Pool::new();
     for (segment, (_, path)) in segments.iter().enumerate() {
-        if held.send(()).is_err() {
-            return;
-        }
+        let failed = |e: std::io::Error| Checked {
+            segment,
+            piece: Arc::new(Piece {
+                bytes: Vec::new(),
+                base: 0,
+                pool: None,
+            }),
+            bounds: Vec::new(),
+            end: Some(Err(WalError::io("cannot read log segment", path, e))),
+        };
+        let mut file = match std::fs::File::open(path) {
+            Ok(file) => file,
+            Err(e) => {
+                let _ = checked_tx.send(failed(e));
+                return;
+            }
+        };
         let is_last = segment + 1 == count;
-        // Where checking starts: the header, or, after a re-read, the fault seen before.
-        let mut from = 0;
         let mut rereads = 0;
+        // What the next piece starts with: the end of the piece before (a frame it cut), and
+        // how it is read: up to `PIECE_READ_BYTES`, or to the file's end.
+        let mut carried: Option<(Arc<Piece>, usize)> = None;
+        let mut base = 0;
+        let mut to_end = false;
         loop {
-            let bytes = match read_into(path, kept.spare()) {
-                Ok(bytes) => kept.keep(bytes),
+            let Some(buffer) = pool.take(&stop) else {
+                return;
+            };
+            let carry = carried.as_ref().map_or(&[][..], |(p, at)| &p.bytes[*at..]);
+            let (bytes, whole) = match fill(buffer, carry, &mut file, to_end) {
+                Ok(read) => read,
                 Err(e) => {
-                    let _ = checked_tx.send(Checked {
-                        segment,
-                        bytes: Arc::default(),
-                        bounds: Vec::new(),
-                        end: Some(Err(WalError::io("cannot read log segment", path, e))),
-                    });
+                    let _ = checked_tx.send(failed(e));
                     return;
                 }
             };
+            carried = None;
+            let piece = pool.piece(bytes, base);
             let mut send = |bounds: Vec<usize>, end: Option<Result<SegmentEnd, WalError>>| {
                 let stop = matches!(end, Some(Err(_)));
                 let sent = checked_tx.send(Checked {
                     segment,
-                    bytes: bytes.clone(),
+                    piece: piece.clone(),
                     bounds,
                     end,
                 });
                 sent.is_ok() && !stop
             };
             let may_reread = is_last && rereads < LAST_SEGMENT_REREADS;
-            match check_segment(path, &bytes, from, may_reread, is_last, &mut send) {
-                SegmentChecked::Done(true) => break,
-                SegmentChecked::Done(false) => return,
-                SegmentChecked::Reread { at } => {
+            let at_end = whole.then_some(may_reread);
+            match check_piece(path, &piece, at_end, is_last, &mut send) {
+                PieceChecked::Done(true) => break,
+                PieceChecked::Done(false) => return,
+                PieceChecked::ReadOn { at, to_segment_end } => {
+                    base = piece.base + at;
+                    to_end = to_segment_end;
+                    carried = Some((piece, at));
+                }
+                PieceChecked::Reread { at } => {
                     // The log only grows, so what was checked before `at` is as it was.
-                    from = at;
-                    rereads += 1;
                     std::thread::sleep(std::time::Duration::from_millis(REREAD_PAUSE_MS));
+                    rereads += 1;
+                    // Past the end only if the file shrank since (a server starting on it
+                    // cut a torn tail): then the read starts at its end.
+                    let sought = file.metadata().and_then(|m| {
+                        let at = (at as u64).min(m.len());
+                        file.seek(std::io::SeekFrom::Start(at))
+                    });
+                    match sought {
+                        Ok(at) => base = usize::try_from(at).expect("a segment's size fits"),
+                        Err(e) => {
+                            let _ = checked_tx.send(failed(e));
+                            return;
+                        }
+                    }
+                    to_end = true;
                 }
             }
         }
     }
 }
 
-/// Buffers of the segments read last, so that the next is read into one whose segment is
-/// decoded instead of into fresh memory: the kernel clears every page of fresh memory on its
-/// first touch. Reading the 10M-record log into a new buffer per segment faulted in ~90k
-/// pages on the file thread, a third of the replay's faults; with these, ~33k (the first two
-/// segments). The process as a whole saves less than that, as the allocator used to hand
-/// the freed segments' memory on to the ledger, which now faults in its own.
-struct Kept {
-    buffers: Vec<Arc<Vec<u8>>>,
-    /// Room in each new buffer: the largest segment's size when replay began. Segments
-    /// differ by a few bytes, and a buffer a little short would be grown by doubling.
-    capacity_bytes: usize,
+/// Fills `buffer` with `carry`, then with what `file` reads next: up to
+/// [`PIECE_READ_BYTES`] more, or all of the rest with `to_end`. Also says whether it holds
+/// the rest of the file (the read met its end).
+fn fill(
+    mut buffer: Vec<u8>,
+    carry: &[u8],
+    file: &mut std::fs::File,
+    to_end: bool,
+) -> std::io::Result<(Vec<u8>, bool)> {
+    buffer.extend_from_slice(carry);
+    if to_end {
+        file.read_to_end(&mut buffer)?;
+        return Ok((buffer, true));
+    }
+    let limit = u64::try_from(PIECE_READ_BYTES).expect("a piece's size fits");
+    let read = file.take(limit).read_to_end(&mut buffer)?;
+    // Short of the limit only at the file's end. At exactly the limit the end may be next:
+    // then the next piece reads nothing and holds the rest.
+    Ok((buffer, read < PIECE_READ_BYTES))
 }
 
-impl Kept {
-    fn for_segments(segments: &[(u64, PathBuf)]) -> Kept {
-        let largest = segments
-            .iter()
-            .filter_map(|(_, path)| std::fs::metadata(path).ok())
-            .map(|metadata| metadata.len())
-            .max();
-        Kept {
-            buffers: Vec::with_capacity(Self::BUFFERS),
-            capacity_bytes: largest.map_or(0, |bytes| usize::try_from(bytes).unwrap_or(0)),
-        }
-    }
-
-    /// A segment is read only while fewer than [`SEGMENTS_HELD`] segments read before it
-    /// wait to be applied (the held tokens), so one of the last this many is free.
-    const BUFFERS: usize = SEGMENTS_HELD;
-
-    /// An empty buffer: a kept one that nothing else holds any more (its segment decoded),
-    /// else a new one.
-    fn spare(&mut self) -> Vec<u8> {
-        let Some(free) = self.buffers.iter().position(|b| Arc::strong_count(b) == 1) else {
-            return Vec::with_capacity(self.capacity_bytes);
-        };
-        // Only this thread holds it, so nothing can take another hold of it meanwhile.
-        let mut buffer = Arc::try_unwrap(self.buffers.remove(free))
-            .expect("a buffer only this thread holds unwraps");
-        buffer.clear();
-        buffer
-    }
-
-    /// Shares `bytes` and keeps them to read a later segment into, dropping the oldest kept.
-    fn keep(&mut self, bytes: Vec<u8>) -> Arc<Vec<u8>> {
-        let bytes = Arc::new(bytes);
-        if self.buffers.len() == Self::BUFFERS {
-            self.buffers.remove(0);
-        }
-        self.buffers.push(bytes.clone());
-        bytes
-    }
-}
-
-/// Reads the whole file at `path` into `buffer` (emptied), growing it only if it is short
-/// (a segment being written may have grown since replay began).
-fn read_into(path: &Path, mut buffer: Vec<u8>) -> std::io::Result<Vec<u8>> {
-    buffer.clear();
-    std::fs::File::open(path)?.read_to_end(&mut buffer)?;
-    Ok(buffer)
-}
-
-/// What checking a segment came to.
-enum SegmentChecked {
-    /// Checked to its end, or the fault found was sent: go on if true.
+/// What checking a piece came to.
+#[derive(Debug)]
+enum PieceChecked {
+    /// Checked to its segment's end, or the fault found was sent: go on if true.
     Done(bool),
+    /// The frames before `at` (in the piece) were sent; the rest of the segment is yet to
+    /// be read: read on from there, carrying the piece's bytes from `at` over. With
+    /// `to_segment_end`, read all of the rest in one piece: the frame at `at` is not good
+    /// although it lies whole in this piece, and what it is (a torn tail, zeros written
+    /// ahead, corruption) depends on everything after it.
+    ReadOn { at: usize, to_segment_end: bool },
     /// A fault with a good record after it, in the last segment: the frames before it were
-    /// sent; read the segment again and check on from byte `at`.
+    /// sent; read the segment again and check on from byte `at` (of the segment).
     Reread { at: usize },
 }
 
-/// Checks one segment's header and frames from byte `from` (0: the header first), handing on
-/// the good frames [`CHECKED_FRAMES`] at a time through `send`, and last how the segment ends
-/// (or the corruption found). With `may_reread`, a fault that has a good record after it is
-/// not sent but answered with [`SegmentChecked::Reread`] (see [`LAST_SEGMENT_REREADS`]).
-fn check_segment(
+/// Checks one piece's frames (and the segment's header, in its first piece), handing on
+/// the good frames [`CHECKED_FRAMES`] at a time through `send`. `at_end` is `Some` when the
+/// piece holds the rest of its segment: then the piece's end is the segment's, sent as how
+/// the segment ends (or the corruption found), and `Some(true)` means a fault that has a
+/// good record after it is answered with [`PieceChecked::Reread`] rather than sent (see
+/// [`LAST_SEGMENT_REREADS`]). A piece that does not hold the rest stops at its first frame
+/// that is not good and asks to read on from there, so that every verdict on a frame that
+/// is not good is taken, as before pieces, with all of the segment after it in view.
+fn check_piece(
     path: &Path,
-    bytes: &[u8],
-    from: usize,
-    may_reread: bool,
+    piece: &Piece,
+    at_end: Option<bool>,
     is_last: bool,
     send: &mut impl FnMut(Vec<usize>, Option<Result<SegmentEnd, WalError>>) -> bool,
-) -> SegmentChecked {
-    let corrupt = |offset, reason| corrupt(path, offset, reason);
-    let done = SegmentChecked::Done;
-    if from == 0 && bytes.len() < HEADER_BYTES && is_last && segment::header().starts_with(bytes) {
+) -> PieceChecked {
+    let (bytes, base) = (&piece.bytes[..], piece.base);
+    let corrupt = |at: usize, reason| corrupt(path, base + at, reason);
+    let done = PieceChecked::Done;
+    let is_whole = at_end.is_some();
+    if base == 0
+        && bytes.len() < HEADER_BYTES
+        && is_whole
+        && is_last
+        && segment::header().starts_with(bytes)
+    {
         // Crash while creating the segment: nothing was ever acknowledged in it.
         let end = SegmentEnd {
             valid_bytes: bytes.len() as u64,
@@ -588,29 +706,42 @@ fn check_segment(
         };
         return done(send(Vec::new(), Some(Ok(end))));
     }
-    if from == 0 {
+    if base == 0 {
         if let Err(reason) = segment::check_header(bytes) {
             return done(send(Vec::new(), Some(Err(corrupt(0, reason)))));
         }
     }
-    // Past the end only if the file shrank since the first look (a server starting on it
-    // cut a torn tail): then nothing more is read from it.
-    let mut offset = from.max(HEADER_BYTES).min(bytes.len());
+    let mut offset = if base == 0 { HEADER_BYTES } else { 0 };
     let mut bounds = Vec::with_capacity(CHECKED_FRAMES + 1);
     let tail: Option<(usize, String)> = loop {
-        match read_frame(bytes, offset) {
-            Frame::Valid { next, .. } => {
+        let frame = read_frame(bytes, offset);
+        if let Frame::Valid { next, .. } = frame {
+            bounds.push(offset);
+            offset = next;
+            if bounds.len() == CHECKED_FRAMES {
                 bounds.push(offset);
-                offset = next;
-                if bounds.len() == CHECKED_FRAMES {
-                    bounds.push(offset);
-                    let full =
-                        std::mem::replace(&mut bounds, Vec::with_capacity(CHECKED_FRAMES + 1));
-                    if !send(full, None) {
-                        return done(false);
-                    }
+                let full = std::mem::replace(&mut bounds, Vec::with_capacity(CHECKED_FRAMES + 1));
+                if !send(full, None) {
+                    return done(false);
                 }
             }
+            continue;
+        }
+        if !is_whole {
+            // The rest is still to be read: a frame cut by the piece's end is whole in the
+            // next piece; anything else is judged with the whole rest in view.
+            bounds.push(offset);
+            if bounds.len() > 1 && !send(bounds, None) {
+                return done(false);
+            }
+            let to_segment_end = bytes.len() - offset >= FRAME_MAX_BYTES;
+            return PieceChecked::ReadOn {
+                at: offset,
+                to_segment_end,
+            };
+        }
+        match frame {
+            Frame::Valid { .. } => unreachable!("handled above"),
             Frame::End => break None,
             Frame::ZeroTail => break Some((offset, ZEROS.into())),
             Frame::Incomplete => break Some((offset, "incomplete frame".into())),
@@ -624,25 +755,28 @@ fn check_segment(
             return done(send(bounds, Some(Err(corrupt(bad_at, reason)))));
         }
         if let Some(valid_at) = find_valid_frame_after(bytes, bad_at) {
-            if may_reread {
+            if at_end == Some(true) {
                 // `bounds` ends where the good frames do: send them if there are any.
                 if bounds.len() > 1 && !send(bounds, None) {
                     return done(false);
                 }
-                return SegmentChecked::Reread { at: bad_at };
+                return PieceChecked::Reread { at: base + bad_at };
             }
-            let reason = format!("{reason}, yet a valid record follows at offset {valid_at}");
+            let reason = format!(
+                "{reason}, yet a valid record follows at offset {}",
+                base + valid_at
+            );
             return done(send(bounds, Some(Err(corrupt(bad_at, reason)))));
         }
         torn = Some(TornTail {
             path: path.to_path_buf(),
-            offset: bad_at as u64,
+            offset: (base + bad_at) as u64,
             dropped_bytes: (bytes.len() - bad_at) as u64,
             reason,
         });
     }
     let end = SegmentEnd {
-        valid_bytes: offset as u64,
+        valid_bytes: (base + offset) as u64,
         torn,
         header_torn: false,
     };
@@ -659,14 +793,18 @@ fn decode_frames<N>(
     tx: &crossbeam_channel::Sender<Read<N>>,
     spent: &crossbeam_channel::Receiver<Batch<N>>,
 ) -> Result<bool, WalError> {
+    let piece = &checked.piece;
+    if checked.bounds.len() > 1
+        && batch.is_full_for(piece)
+        && !send_batch(checked.segment, batch, note, tx, spent)
+    {
+        return Ok(false);
+    }
     for frame in checked.bounds.windows(2) {
-        let (offset, next) = (frame[0], frame[1]);
+        let (at, next) = (frame[0], frame[1]);
+        let offset = piece.base + at;
         batch
-            .push(
-                &checked.bytes,
-                offset + FRAME_HEADER_BYTES..next,
-                offset as u64,
-            )
+            .push(piece, at + FRAME_HEADER_BYTES..next, offset as u64)
             .map_err(|e| {
                 corrupt(
                     path,
@@ -724,14 +862,22 @@ pub const ZEROS: &str =
 
 /// A torn write leaves no valid frame behind it; a flipped byte in the middle does.
 fn find_valid_frame_after(bytes: &[u8], bad_at: usize) -> Option<usize> {
-    for at in bad_at + 1..bytes.len() {
+    let mut at = bad_at + 1;
+    while at < bytes.len() {
+        // A frame's length is never 0, so no frame starts where four zero bytes do: skip a
+        // run of zeros at once. Read one offset at a time, a run of zeros followed by data
+        // (a hole) cost a scan of the whole run at each of its offsets: quadratic.
+        if bytes[at..].starts_with(&[0; 4]) {
+            let nonzero = bytes[at..].iter().position(|b| *b != 0)?;
+            at += nonzero.saturating_sub(3).max(1);
+            continue;
+        }
         match read_frame(bytes, at) {
             Frame::Valid { payload, .. } if decode_payload_ref(payload).is_ok() => return Some(at),
-            // Nothing but zeros from here on (and checking that again at every later offset
-            // would be quadratic in the megabyte of zeros the writer keeps ahead).
-            Frame::ZeroTail | Frame::End => return None,
+            Frame::End => return None,
             _ => {}
         }
+        at += 1;
     }
     None
 }
@@ -757,10 +903,12 @@ mod tests {
         out
     }
 
-    /// What `check_segment` sent: each message's frame bounds, and the end if one came.
+    /// What `check_piece` sent: each message's frame bounds, and the end if one came.
     type Sent = Vec<(Vec<usize>, Option<Result<SegmentEnd, WalError>>)>;
 
-    fn check(bytes: &[u8], from: usize, may_reread: bool) -> (SegmentChecked, Sent) {
+    /// Checks `bytes` as the piece of the last segment at `base`; `at_end` as in
+    /// `check_piece`.
+    fn check_at(bytes: &[u8], base: usize, at_end: Option<bool>) -> (PieceChecked, Sent) {
         let mut sent = Sent::new();
         let mut send = |bounds: Vec<usize>, end: Option<Result<SegmentEnd, WalError>>| {
             let stop = matches!(end, Some(Err(_)));
@@ -768,96 +916,85 @@ mod tests {
             !stop
         };
         let path = Path::new("0000000000000001.log");
-        let checked = check_segment(path, bytes, from, may_reread, true, &mut send);
+        let piece = Piece::detached(bytes.to_vec(), base);
+        let checked = check_piece(path, &piece, at_end, true, &mut send);
         (checked, sent)
     }
 
-    /// A segment's buffer is read into again only once nothing else holds it (its frames
-    /// are decoded), and a buffer shorter than the file grows to take it all.
-    #[test]
-    fn a_segment_buffer_is_reused_only_once_nothing_else_holds_it() {
-        let mut kept = Kept {
-            buffers: Vec::new(),
-            capacity_bytes: 64,
-        };
-        let dir = tempfile::tempdir().unwrap();
-        let (short, long) = (dir.path().join("short"), dir.path().join("long"));
-        std::fs::write(&short, [7u8; 10]).unwrap();
-        std::fs::write(&long, [9u8; 100]).unwrap();
-
-        let read = |kept: &mut Kept, path: &Path| {
-            let spare = kept.spare();
-            kept.keep(read_into(path, spare).unwrap())
-        };
-        let first = read(&mut kept, &short);
-        assert!(first.capacity() >= 64 && first[..] == [7u8; 10]);
-        let second = read(&mut kept, &long);
-        assert_eq!(
-            second[..],
-            [9u8; 100],
-            "grown past its capacity to the whole file"
-        );
-
-        // Both still held (as by messages not yet decoded): a new buffer.
-        let fresh = kept.spare();
-        assert!(fresh.is_empty() && fresh.as_ptr() != first.as_ptr());
-        assert!(fresh.as_ptr() != second.as_ptr());
-
-        // The first decoded: its buffer comes back, emptied.
-        let first_at = first.as_ptr();
-        drop(first);
-        let reused = kept.spare();
-        assert!(reused.is_empty() && reused.as_ptr() == first_at);
-
-        // No more than `Kept::BUFFERS` are kept: the oldest go.
-        let mut newest = vec![kept.keep(reused), kept.keep(fresh)];
-        while newest.len() < Kept::BUFFERS {
-            newest.push(kept.keep(Vec::new()));
-        }
-        assert_eq!(kept.buffers.len(), Kept::BUFFERS);
-        assert!(kept.buffers.iter().all(|b| !Arc::ptr_eq(b, &second)));
-        assert!(kept
-            .buffers
-            .iter()
-            .zip(&newest)
-            .all(|(k, n)| Arc::ptr_eq(k, n)));
+    /// The rest of a segment from `from`, checked as one piece that holds it.
+    fn check(bytes: &[u8], from: usize, may_reread: bool) -> (PieceChecked, Sent) {
+        check_at(&bytes[from..], from, Some(may_reread))
     }
 
-    /// A batch's records borrow the bytes it holds: from one read of a segment, or from two
-    /// when the segment was read again mid-batch. They stay readable until it is cleared,
-    /// and clearing lets go of the bytes (so that `Kept` may read the next segment into them).
+    /// A piece's buffer goes back to its pool only when the last holder of the piece drops
+    /// it; no more than `PIECES` buffers exist, and a file thread waiting for one stops
+    /// when told to.
     #[test]
-    fn a_batch_holds_every_read_its_records_borrow_from() {
+    fn a_piece_buffer_is_read_into_again_only_once_nothing_holds_it() {
+        let mut pool = Pool::new();
+        let (stop_tx, stop) = crossbeam_channel::bounded::<()>(0);
+        let mut pieces = Vec::new();
+        for n in 0..PIECES {
+            let mut buffer = pool.take(&stop).expect("a new buffer");
+            assert!(buffer.is_empty() && buffer.capacity() >= PIECE_READ_BYTES);
+            buffer.push(n as u8);
+            pieces.push(pool.piece(buffer, n));
+        }
+        // A piece still held by a batch (a clone) keeps its buffer when the first is dropped.
+        let held = pieces[0].clone();
+        let first_at = held.bytes.as_ptr();
+        drop(pieces.remove(0));
+        assert!(pool.free_rx.is_empty(), "still held elsewhere");
+        drop(held);
+        let again = pool.take(&stop).expect("the buffer given back");
+        assert!(again.is_empty() && again.as_ptr() == first_at);
+        pieces.insert(0, pool.piece(again, 0));
+
+        // All are held: taking one waits, until told to stop.
+        let waited = std::thread::scope(|scope| {
+            let waiter = scope.spawn(|| pool.take(&stop));
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            assert!(!waiter.is_finished(), "waits for a buffer to come back");
+            drop(stop_tx);
+            waiter.join().unwrap()
+        });
+        assert!(waited.is_none());
+        assert_eq!(pool.made, PIECES);
+    }
+
+    /// A batch's records borrow the pieces it holds (two here: a frame each), which stay
+    /// readable until it is cleared; clearing lets go of them (so that their buffers may be
+    /// read into again). A batch that holds `BATCH_PIECES_MAX` pieces takes no other.
+    #[test]
+    fn a_batch_holds_every_piece_its_records_borrow_from() {
         let (a, b) = (frame(1), frame(2));
-        let first_read = Arc::new([segment::header().as_slice(), &a].concat());
-        let second_read = Arc::new([segment::header().as_slice(), &a, &b].concat());
+        let first = Piece::detached([segment::header().as_slice(), &a].concat(), 0);
+        let second = Piece::detached(b.clone(), HEADER_BYTES + a.len());
         let mut batch = Batch::<()>::new();
         let at = HEADER_BYTES;
         batch
-            .push(
-                &first_read,
-                at + FRAME_HEADER_BYTES..at + a.len(),
-                at as u64,
-            )
+            .push(&first, at + FRAME_HEADER_BYTES..at + a.len(), at as u64)
             .unwrap();
-        let at = HEADER_BYTES + a.len();
+        assert!(!batch.is_full_for(&second));
         batch
-            .push(
-                &second_read,
-                at + FRAME_HEADER_BYTES..at + b.len(),
-                at as u64,
-            )
+            .push(&second, FRAME_HEADER_BYTES..b.len(), second.base as u64)
             .unwrap();
-        assert_eq!(batch.bytes.len(), 2, "both reads held");
-        let (weak_first, weak_second) = (Arc::downgrade(&first_read), Arc::downgrade(&second_read));
-        drop((first_read, second_read));
-        // Read after the buffers' other holders are gone: the actor's name points into them.
-        let read: Vec<(u128, &str)> = batch
+        assert_eq!(batch.bytes.len(), 2, "both pieces held");
+        assert!(
+            !batch.is_full_for(&second),
+            "the last piece held: room for more of it"
+        );
+        assert!(batch.is_full_for(&Piece::detached(Vec::new(), 0)));
+        let (weak_first, weak_second) = (Arc::downgrade(&first), Arc::downgrade(&second));
+        drop((first, second));
+        // Read after the pieces' other holders are gone: the actor's name points into them.
+        let read: Vec<(u128, &str, u64)> = batch
             .records()
             .iter()
-            .map(|(r, _)| (r.op_id.as_u128(), r.actor))
+            .map(|(r, at)| (r.op_id.as_u128(), r.actor, *at))
             .collect();
-        assert_eq!(read, [(1, "t"), (2, "t")]);
+        let second_at = (HEADER_BYTES + a.len()) as u64;
+        assert_eq!(read, [(1, "t", HEADER_BYTES as u64), (2, "t", second_at)]);
         assert!(weak_first.upgrade().is_some() && weak_second.upgrade().is_some());
         batch.clear();
         assert!(batch.is_empty());
@@ -879,16 +1016,17 @@ mod tests {
         torn_read[hole_at..hole_at + b.len()].fill(0);
 
         let (checked, sent) = check(&torn_read, 0, true);
-        assert!(matches!(checked, SegmentChecked::Reread { at } if at == hole_at));
+        assert!(matches!(checked, PieceChecked::Reread { at } if at == hole_at));
         assert_eq!(sent.len(), 1, "the good frame before the hole, and no end");
         assert_eq!(sent[0].0, vec![HEADER_BYTES, hole_at]);
         assert!(sent[0].1.is_none());
 
         let (checked, sent) = check(&whole, hole_at, true);
-        assert!(matches!(checked, SegmentChecked::Done(true)));
+        assert!(matches!(checked, PieceChecked::Done(true)));
         let c_at = hole_at + b.len();
         assert_eq!(sent.len(), 1);
-        assert_eq!(sent[0].0, vec![hole_at, c_at, whole.len()]);
+        // Bounds are within the piece, which starts at the hole.
+        assert_eq!(sent[0].0, vec![0, b.len(), whole.len() - hole_at]);
         match &sent[0].1 {
             Some(Ok(end)) => {
                 assert_eq!(end.valid_bytes, whole.len() as u64);
@@ -898,10 +1036,10 @@ mod tests {
         }
 
         let (checked, sent) = check(&torn_read, hole_at, false);
-        assert!(matches!(checked, SegmentChecked::Done(false)));
+        assert!(matches!(checked, PieceChecked::Done(false)));
         match sent.last() {
             Some((bounds, Some(Err(WalError::Corrupt { offset, reason, .. })))) => {
-                assert_eq!(bounds, &vec![hole_at]);
+                assert_eq!(bounds, &vec![0]);
                 assert_eq!(*offset, hole_at as u64);
                 assert!(reason.contains(&format!("valid record follows at offset {c_at}")));
             }

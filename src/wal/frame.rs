@@ -152,7 +152,8 @@ mod tests {
                 by_the_crate(len_bytes, &bytes[len % 8..len])
             );
         }
-        // The standard check value of CRC-32C ("123456789" → e3069283), split anywhere.
+        // The standard check value of CRC-32C ("123456789" → e3069283), its first four bytes
+        // taken as the length.
         let check = b"123456789";
         assert_eq!(checksum(*b"1234", &check[4..]), 0xe306_9283);
     }

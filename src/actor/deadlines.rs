@@ -23,8 +23,9 @@ use uuid::Uuid;
 /// A deadline and the reservation it ends.
 pub type Deadline = (Instant, Uuid);
 
-/// Entries per chunk of the queue (40 bytes each: ~40 KiB a chunk). A chunk starts small and
-/// grows to this, so a product with one hold keeps one small vector. (Small in unit tests, so
+/// Entries per chunk of the queue (40 bytes each: ~40 KiB a chunk). The first chunk starts
+/// small and grows to this, so a product with one hold keeps one small vector; later ones are
+/// allocated whole. (Small in unit tests, so
 /// that they cross chunks and rebuild often.)
 #[cfg(not(test))]
 const CHUNK_ENTRIES: usize = 1024;
@@ -117,7 +118,14 @@ impl Deadlines {
         match self.chunks.back_mut() {
             Some(chunk) if chunk.len() < CHUNK_ENTRIES => chunk.push(entry),
             _ => {
-                let mut chunk = Vec::with_capacity(4);
+                // Only a first chunk starts small; one after a full chunk will fill too, and
+                // growing it from 4 entries cost 8 reallocations (and copies) per chunk.
+                let capacity = if self.chunks.is_empty() {
+                    4
+                } else {
+                    CHUNK_ENTRIES
+                };
+                let mut chunk = Vec::with_capacity(capacity);
                 chunk.push(entry);
                 self.chunks.push_back(chunk);
             }

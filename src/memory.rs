@@ -192,9 +192,6 @@ impl<A: PartialEq + Copy> Quiet<A> {
 /// Shards of [`ShardedMap`]: a power of two. With 5M entries a shard holds ~20k, and moving
 /// that many 20-byte entries takes well under a millisecond.
 const SHARDS: usize = 256;
-/// Shards below this capacity grow when full, as maps do: tables that small move in
-/// microseconds even all together.
-const STAGGERED_CAPACITY_MIN: usize = 512;
 
 /// A map by id, written in bulk at start (replay) and then one entry per request: the
 /// reservation index. Split into [`SHARDS`] ordinary maps by the id's last byte (random in
@@ -234,36 +231,12 @@ impl<V> ShardedMap<V> {
     }
 
     pub fn insert(&mut self, key: Uuid, value: V) -> Option<V> {
-        let shard = Self::shard(&key);
-        self.grow_in_turn(shard);
-        self.shards[shard].insert(key, value)
+        self.shards[Self::shard(&key)].insert(key, value)
     }
 
     /// Inserts only a key not there yet (one lookup, not two); `false` if it was there.
     pub fn try_insert(&mut self, key: Uuid, value: V) -> bool {
-        let shard = Self::shard(&key);
-        self.grow_in_turn(shard);
-        insert_new(&mut self.shards[shard], key, value).is_none()
-    }
-
-    /// Doubles shard `shard` early, at its own fill: from half full (shard 0) to 7/8 of its
-    /// capacity (the last shard). Random ids fill the shards evenly, so left to themselves
-    /// all of them fill up within a few thousand inserts of each other and the writer moved
-    /// the whole index in one go after all: a hot-SKU run stalled for ~1 s at 7.3M holds
-    /// (and at 3.7M and 1.8M), with every reply waiting. Staggered, the shards of one
-    /// generation double spread over the inserts from half to 7/8 of that fill.
-    fn grow_in_turn(&mut self, shard: usize) {
-        let map = &mut self.shards[shard];
-        let capacity = map.capacity();
-        if capacity < STAGGERED_CAPACITY_MIN {
-            return;
-        }
-        let fill_at = capacity / 2 + capacity / 8 * 3 * shard / SHARDS;
-        if map.len() >= fill_at {
-            // At least one more than it holds now: the table's next size, twice this one.
-            map.reserve(capacity - map.len() + 1);
-            debug_assert!(map.capacity() > capacity);
-        }
+        insert_new(&mut self.shards[Self::shard(&key)], key, value).is_none()
     }
 
     pub fn len(&self) -> usize {
@@ -502,35 +475,5 @@ mod tests {
             spread.insert(Uuid::new_v4(), ());
         }
         assert!(spread.shards.iter().all(|s| !s.is_empty()));
-    }
-
-    /// The first shard doubles at half of its capacity and the last near 7/8, so a
-    /// generation's shards do not all double at once.
-    #[test]
-    fn sharded_map_shards_double_in_turn() {
-        let mut map: ShardedMap<u32> = ShardedMap::default();
-        let (first, last) = (0, SHARDS - 1);
-        let mut fills = [Vec::new(), Vec::new()];
-        for n in 0..600_000u32 {
-            let key = Uuid::from_u128(
-                u128::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835),
-            );
-            let shard = ShardedMap::<u32>::shard(&key);
-            let (len, capacity) = (map.shards[shard].len(), map.shards[shard].capacity());
-            assert!(map.try_insert(key, n));
-            let watched = [first, last].iter().position(|&s| s == shard);
-            if let Some(w) = watched {
-                if capacity >= STAGGERED_CAPACITY_MIN && map.shards[shard].capacity() > capacity {
-                    fills[w].push(len as f64 / capacity as f64);
-                }
-            }
-        }
-        assert!(!fills[0].is_empty() && !fills[1].is_empty(), "{fills:?}");
-        assert!(fills[0].iter().all(|&f| f <= 0.51), "{fills:?}");
-        assert!(
-            fills[1].iter().all(|&f| (0.75..0.9).contains(&f)),
-            "{fills:?}"
-        );
-        assert_eq!(map.len(), 600_000);
     }
 }

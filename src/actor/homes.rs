@@ -36,7 +36,7 @@ const KEPT_CHUNK_SLOTS_MAX: usize = 4;
 /// `CHUNK_SLOTS`.
 #[derive(Debug, Default)]
 pub struct Homes {
-    slots: SlotIndex,
+    slots: GrowingMap<Uuid, u32>,
     chunks: Vec<Vec<Option<Home>>>,
     free: Vec<u32>,
 }
@@ -97,7 +97,6 @@ impl Homes {
             .expect("a mapped slot is occupied");
         if self.slots.is_empty() {
             self.release();
-            self.slots = SlotIndex::default();
         } else {
             self.free.push(slot);
         }
@@ -152,116 +151,6 @@ impl Homes {
         }
     }
 }
-
-/// Shards of a large index: a power of two.
-#[cfg(not(test))]
-const INDEX_SHARDS: usize = 64;
-#[cfg(test)]
-const INDEX_SHARDS: usize = 4;
-/// An index of this many ids splits into shards.
-#[cfg(not(test))]
-const SPLIT_AT_LEN: usize = 1 << 16;
-#[cfg(test)]
-const SPLIT_AT_LEN: usize = 16;
-
-/// Id → slot: one map, split into [`INDEX_SHARDS`] by the id's last byte once it holds
-/// [`SPLIT_AT_LEN`] ids, each shard doubling at its own fill ([`grow_in_turn`]).
-///
-/// Why: a table that doubles is faulted in again, page by page, by the random inserts after
-/// it. One table of a hot product doubled at 1.8M, 3.7M and 7.3M holds, and each time the
-/// inserts that followed waited on the kernel clearing fresh pages (`clear_page_erms`, 37% of
-/// the samples of the stall): ~1 s at ~100k reserves/s against ~460k/s around it. Shards that
-/// double in turn fault in the same memory spread over the inserts between those points.
-/// Small products keep one map (an empty `Vec` allocates nothing).
-#[derive(Debug, Default)]
-struct SlotIndex {
-    one: GrowingMap<Uuid, u32>,
-    shards: Vec<GrowingMap<Uuid, u32>>,
-}
-
-impl SlotIndex {
-    fn map(&self, id: &Uuid) -> &GrowingMap<Uuid, u32> {
-        if self.shards.is_empty() {
-            &self.one
-        } else {
-            &self.shards[shard_of(id)]
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.one.len() + self.shards.iter().map(GrowingMap::len).sum::<usize>()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn get(&self, id: &Uuid) -> Option<&u32> {
-        self.map(id).get(id)
-    }
-
-    fn contains_key(&self, id: &Uuid) -> bool {
-        self.map(id).contains_key(id)
-    }
-
-    fn insert(&mut self, id: Uuid, slot: u32) {
-        if self.shards.is_empty() {
-            if self.one.len() < SPLIT_AT_LEN {
-                self.one.insert(id, slot);
-                return;
-            }
-            self.split();
-        }
-        let shard = shard_of(&id);
-        grow_in_turn(&mut self.shards[shard], shard);
-        self.shards[shard].insert(id, slot);
-    }
-
-    fn remove(&mut self, id: &Uuid) -> Option<u32> {
-        if self.shards.is_empty() {
-            self.one.remove(id)
-        } else {
-            self.shards[shard_of(id)].remove(id)
-        }
-    }
-
-    fn iter(&self) -> impl Iterator<Item = (&Uuid, &u32)> + '_ {
-        self.one.iter().chain(self.shards.iter().flatten())
-    }
-
-    /// Moves the one map's ids into shards (once, at [`SPLIT_AT_LEN`] ids: a few ms).
-    fn split(&mut self) {
-        let each = self.one.len() / INDEX_SHARDS * 2;
-        self.shards = (0..INDEX_SHARDS)
-            .map(|_| GrowingMap::with_capacity_and_hasher(each, Default::default()))
-            .collect();
-        for (id, slot) in std::mem::take(&mut self.one) {
-            self.shards[shard_of(&id)].insert(id, slot);
-        }
-    }
-}
-
-fn shard_of(id: &Uuid) -> usize {
-    id.as_bytes()[15] as usize % INDEX_SHARDS
-}
-
-/// Doubles `map` (shard `shard`) early, at its own fill: from half of its capacity (the first
-/// shard) to 7/8 of it (the last). Random ids fill shards evenly, so left to themselves they
-/// would all double within a few thousand inserts of each other, as one table does.
-fn grow_in_turn(map: &mut GrowingMap<Uuid, u32>, shard: usize) {
-    let capacity = map.capacity();
-    let fill_at = capacity / 2 + capacity / 8 * 3 * shard / INDEX_SHARDS;
-    if capacity >= STAGGERED_CAPACITY_MIN && map.len() >= fill_at {
-        // One more than it has room for: the table's next size.
-        map.reserve(capacity - map.len() + 1);
-    }
-}
-
-/// Below this capacity a shard grows when full, as maps do: tables that small move quickly.
-#[cfg(not(test))]
-const STAGGERED_CAPACITY_MIN: usize = 512;
-#[cfg(test)]
-const STAGGERED_CAPACITY_MIN: usize = 4;
 
 impl Index<&Uuid> for Homes {
     type Output = Home;
@@ -358,53 +247,6 @@ mod tests {
                 prop_assert_eq!(slots_held(&homes), homes.len() + homes.free.len());
             }
         }
-    }
-
-    /// Each shard doubles at its own fill, from half of its capacity (the first) up to 7/8
-    /// (the last), so that they do not all double at once; and the index shrinks back to one
-    /// map when the last id goes.
-    #[test]
-    fn shards_double_in_turn() {
-        let mut index = SlotIndex::default();
-        let mut fills: Vec<Vec<f64>> = vec![Vec::new(); INDEX_SHARDS];
-        let ids: Vec<Uuid> = (0..20_000u128)
-            .map(|n| Uuid::from_u128(n.wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835)))
-            .collect();
-        for (n, id) in ids.iter().enumerate() {
-            let shard = shard_of(id);
-            let before = index.shards.get(shard).map(|m| (m.len(), m.capacity()));
-            index.insert(*id, n as u32);
-            if let Some((len, capacity)) = before {
-                // Past the smallest sizes, where the fill's integer arithmetic is coarse.
-                if capacity >= 64 && index.shards[shard].capacity() > capacity {
-                    fills[shard].push(len as f64 / capacity as f64);
-                }
-            }
-        }
-        assert_eq!(index.len(), ids.len());
-        assert!(
-            fills.iter().all(|f| f.len() >= 5),
-            "every shard grew: {fills:?}"
-        );
-        for (shard, fills) in fills.iter().enumerate() {
-            let expected = 0.5 + 0.375 * shard as f64 / INDEX_SHARDS as f64;
-            assert!(
-                fills.iter().all(|f| (f - expected).abs() < 0.02),
-                "shard {shard} doubles at {expected}: {fills:?}"
-            );
-        }
-        for (n, id) in ids.iter().enumerate() {
-            assert_eq!(index.get(id), Some(&(n as u32)));
-        }
-        let mut homes = Homes::default();
-        for id in &ids[..SPLIT_AT_LEN * 2] {
-            homes.insert(*id, home(1));
-        }
-        assert!(!homes.slots.shards.is_empty(), "split past SPLIT_AT_LEN");
-        for id in &ids[..SPLIT_AT_LEN * 2] {
-            homes.remove(id);
-        }
-        assert!(homes.slots.shards.is_empty() && homes.is_empty());
     }
 
     #[test]

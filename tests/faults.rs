@@ -403,13 +403,33 @@ fn nothing_undurable_is_shown_or_refused_against() {
 #[test]
 fn a_full_log_queue_refuses_as_overloaded_and_changes_nothing() {
     const QUEUE_RECORDS: usize = 8;
-    const CALLERS: usize = 40;
     let dir = tempfile::tempdir().unwrap();
     let config = EngineConfig {
         data_dir: dir.path().join("data"),
         log_channel_capacity: QUEUE_RECORDS,
         ..EngineConfig::default()
     };
+    log_queue_holds_exactly(&config, QUEUE_RECORDS);
+}
+
+/// The queue's bound in bytes holds too, although the writer, not the actor, encodes: with
+/// one byte allowed, exactly one record waits (one is always taken, whatever its size).
+#[test]
+fn a_log_queue_full_in_bytes_refuses_as_overloaded_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = EngineConfig {
+        data_dir: dir.path().join("data"),
+        log_batch_max_bytes: 1,
+        ..EngineConfig::default()
+    };
+    log_queue_holds_exactly(&config, 1);
+}
+
+/// Holds an fsync, sends more reserves than `queue_records`, and checks that exactly that
+/// many wait (the rest refused as overloaded) and are kept across a restart.
+fn log_queue_holds_exactly(config: &EngineConfig, queue_records: usize) {
+    const CALLERS: usize = 40;
+    let config = config.clone();
     let faulty = Arc::new(Faulty::default());
     let (rt, engine, _) = open_engine(&config, Some(&faulty));
     let accepted: Vec<uuid::Uuid> = rt.block_on(async {
@@ -426,7 +446,7 @@ fn a_full_log_queue_refuses_as_overloaded_and_changes_nothing() {
             })
             .collect();
         // Every caller has been answered or is queued once the refusals add up (bounded wait).
-        let refusals = (CALLERS - QUEUE_RECORDS) as u64;
+        let refusals = (CALLERS - queue_records) as u64;
         for _ in 0..200 {
             if engine.metrics().log_queue_rejections.get() >= refusals {
                 break;
@@ -445,10 +465,10 @@ fn a_full_log_queue_refuses_as_overloaded_and_changes_nothing() {
         }
         assert_eq!(
             accepted.len(),
-            1 + QUEUE_RECORDS,
+            1 + queue_records,
             "the queue holds exactly its capacity while the fsync hangs"
         );
-        assert_eq!(overloaded, CALLERS - QUEUE_RECORDS);
+        assert_eq!(overloaded, CALLERS - queue_records);
         assert_eq!(engine.product("F").unwrap().reserved, accepted.len() as u64);
         engine.check_invariants().unwrap();
         accepted

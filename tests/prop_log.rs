@@ -169,6 +169,15 @@ proptest! {
         let _ = replay_bytes(&segment);
     }
 
+    /// The log bounds what waits for its writer by this estimate, not by encoding: it must
+    /// never be below what a frame takes.
+    #[test]
+    fn a_frame_never_exceeds_its_records_bound(record in record()) {
+        let mut bytes = Vec::new();
+        encode_record(&record, &mut bytes).unwrap();
+        prop_assert!(bytes.len() <= record.frame_bytes_bound(), "{} > {}", bytes.len(), record.frame_bytes_bound());
+    }
+
     #[test]
     fn records_round_trip(records in proptest::collection::vec(record(), 0..12)) {
         let (bytes, _) = segment_bytes(&records);

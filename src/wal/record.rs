@@ -120,6 +120,70 @@ impl Event {
     }
 }
 
+impl Record {
+    /// At least the bytes its frame takes, cheaply (no encoding): the log bounds what waits
+    /// for its writer with it, and the writer, not the actor, encodes (tested against the
+    /// encoder in `tests/prop_log.rs`). postcard writes a string or list as a varint length
+    /// (at most 5 bytes) and its contents, an integer in at most 10, an option's tag in 1;
+    /// `FIXED_BYTES` covers the frame header, the envelope, `at_ms`, `op_id` and every
+    /// scalar field of the largest event.
+    pub fn frame_bytes_bound(&self) -> usize {
+        const FIXED_BYTES: usize = 128;
+        const LEN_BYTES: usize = 5;
+        const INT_BYTES: usize = 10;
+        let text = |t: &str| LEN_BYTES + t.len();
+        let opt = |t: &Option<String>| t.as_deref().map_or(0, text);
+        let items = |items: &Items| {
+            LEN_BYTES
+                + items
+                    .iter()
+                    .map(|i| text(i.sku.as_str()) + INT_BYTES)
+                    .sum::<usize>()
+        };
+        let event = match &self.event {
+            Event::ProductPut { sku, name, .. } => text(sku.as_str()) + opt(name),
+            Event::Restocked {
+                sku,
+                reference,
+                note,
+                ..
+            }
+            | Event::Returned {
+                sku,
+                reference,
+                note,
+                ..
+            } => text(sku.as_str()) + opt(reference) + opt(note),
+            Event::Adjusted {
+                sku,
+                reason,
+                reference,
+                note,
+                ..
+            } => text(sku.as_str()) + text(reason) + opt(reference) + opt(note),
+            Event::Sold {
+                items: i,
+                reference,
+                ..
+            } => items(i) + opt(reference),
+            Event::Reserved {
+                items: i,
+                session_id,
+                user_id,
+                reference,
+                metadata,
+                ..
+            } => items(i) + opt(session_id) + opt(user_id) + opt(reference) + opt(metadata),
+            Event::Completed {
+                sold, reference, ..
+            } => LEN_BYTES + sold.len() * INT_BYTES + opt(reference),
+            Event::Released { note, .. } => opt(note),
+            Event::Extended { .. } => 0,
+        };
+        FIXED_BYTES + text(&self.actor) + event
+    }
+}
+
 pub fn encode_payload(record: &Record, out: &mut Vec<u8>) -> Result<(), postcard::Error> {
     // `to_io` appends to the vector without an intermediate buffer.
     postcard::to_io(&EnvelopeRef::V1(record), out).map(|_| ())

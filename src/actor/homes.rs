@@ -71,10 +71,15 @@ impl Homes {
 
     /// Adds or replaces the home of `id`; the one it replaced, if any.
     pub fn insert(&mut self, id: Uuid, home: Home) -> Option<Home> {
-        if let Some(&slot) = self.slots.get(&id) {
-            let (chunk, at) = position(slot);
-            return self.chunks[chunk][at].replace(home);
-        }
+        // One probe of the map (an entry), not a look-up and then an insert: every reserve
+        // inserts a new id, and the map is the hot product's largest table.
+        let vacant = match self.slots.entry(id) {
+            griddle::hash_map::Entry::Occupied(entry) => {
+                let (chunk, at) = position(*entry.get());
+                return self.chunks[chunk][at].replace(home);
+            }
+            griddle::hash_map::Entry::Vacant(vacant) => vacant,
+        };
         let slot = match self.free.pop() {
             Some(slot) => {
                 let (chunk, at) = position(slot);
@@ -83,9 +88,9 @@ impl Homes {
                 *vacant = Some(home);
                 slot
             }
-            None => self.push(home),
+            None => Self::push(&mut self.chunks, home),
         };
-        self.slots.insert(id, slot);
+        vacant.insert(slot);
         None
     }
 
@@ -122,17 +127,13 @@ impl Homes {
     }
 
     /// A new slot at the end of the last chunk (or of a new one).
-    fn push(&mut self, home: Home) -> u32 {
-        if self.chunks.last().is_none_or(|c| c.len() == CHUNK_SLOTS) {
-            let capacity = if self.chunks.is_empty() {
-                0
-            } else {
-                CHUNK_SLOTS
-            };
-            self.chunks.push(Vec::with_capacity(capacity));
+    fn push(chunks: &mut Vec<Vec<Option<Home>>>, home: Home) -> u32 {
+        if chunks.last().is_none_or(|c| c.len() == CHUNK_SLOTS) {
+            let capacity = if chunks.is_empty() { 0 } else { CHUNK_SLOTS };
+            chunks.push(Vec::with_capacity(capacity));
         }
-        let full_chunks = self.chunks.len() - 1;
-        let chunk = self.chunks.last_mut().expect("pushed above");
+        let full_chunks = chunks.len() - 1;
+        let chunk = chunks.last_mut().expect("pushed above");
         let slot = full_chunks * CHUNK_SLOTS + chunk.len();
         chunk.push(Some(home));
         u32::try_from(slot).expect("fewer than 2^32 homes at one product")

@@ -409,7 +409,7 @@ fn a_full_log_queue_refuses_as_overloaded_and_changes_nothing() {
         log_channel_capacity: QUEUE_RECORDS,
         ..EngineConfig::default()
     };
-    log_queue_holds_exactly(&config, QUEUE_RECORDS);
+    log_queue_holds_exactly(config, QUEUE_RECORDS);
 }
 
 /// The queue's bound in bytes holds too, although the writer, not the actor, encodes: with
@@ -422,14 +422,13 @@ fn a_log_queue_full_in_bytes_refuses_as_overloaded_and_changes_nothing() {
         log_batch_max_bytes: 1,
         ..EngineConfig::default()
     };
-    log_queue_holds_exactly(&config, 1);
+    log_queue_holds_exactly(config, 1);
 }
 
 /// Holds an fsync, sends more reserves than `queue_records`, and checks that exactly that
 /// many wait (the rest refused as overloaded) and are kept across a restart.
-fn log_queue_holds_exactly(config: &EngineConfig, queue_records: usize) {
+fn log_queue_holds_exactly(config: EngineConfig, queue_records: usize) {
     const CALLERS: usize = 40;
-    let config = config.clone();
     let faulty = Arc::new(Faulty::default());
     let (rt, engine, _) = open_engine(&config, Some(&faulty));
     let accepted: Vec<uuid::Uuid> = rt.block_on(async {

@@ -38,7 +38,7 @@ use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 
 /// The write buffer's first capacity; it grows to the largest batch seen, up to the bound.
-const STAGED_BYTES_INITIAL: usize = 64 * 1024;
+const WRITE_BUFFER_BYTES_INITIAL: usize = 64 * 1024;
 
 /// Zeros written ahead of the last record at a time (see `Writer::write_zeros_ahead`).
 const ZERO_AHEAD_BYTES: u64 = 1024 * 1024;
@@ -402,7 +402,7 @@ impl Writer {
         let _unwinding = FailOnUnwind(shared);
         // Reused each batch, so it keeps its capacity; the record list is swapped with the
         // staging one for the same reason.
-        let mut bytes: Vec<u8> = Vec::with_capacity(STAGED_BYTES_INITIAL);
+        let mut bytes: Vec<u8> = Vec::with_capacity(WRITE_BUFFER_BYTES_INITIAL);
         let mut records: Vec<Record> = Vec::new();
         loop {
             let (last_lsn, close, handles_gone) = {

@@ -245,3 +245,97 @@ fn ended_reservations_answer_alike_while_the_actor_drops_them_in_steps() {
     }
     engine.check_invariants().unwrap();
 }
+
+/// The ids stockd makes name the slot their hold is kept in at the product, and a slot is
+/// reused once its reservation has ended and been dropped there. An ended reservation whose
+/// slot now keeps another must still answer as itself, before a restart and after one (which
+/// draws new slots for the holds it finds).
+#[test]
+fn reservations_whose_slots_were_reused_each_answer_as_themselves() {
+    const ROUNDS: usize = 6;
+    const PER_ROUND: usize = 50;
+    const KEPT_PER_ROUND: usize = 10;
+    let (_dir, config, clock) = setup(0);
+    let (rt, engine) = open(&config, clock.clone());
+    let (ended, held) = rt.block_on(async {
+        let product = PutProduct {
+            on_hand: Some(10_000),
+            ..PutProduct::default()
+        };
+        engine.put_product("t", "S", product, None).await.unwrap();
+        let (mut ended, mut held) = (Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            let mut ids = Vec::new();
+            for _ in 0..PER_ROUND {
+                ids.push(engine.reserve("t", reserve("S", 1, 3600)).await.unwrap().id);
+            }
+            for id in &ids[KEPT_PER_ROUND..] {
+                let r = engine.cancel("t", *id, Cancel::default()).await.unwrap();
+                assert_eq!(r.status, "cancelled");
+            }
+            held.extend_from_slice(&ids[..KEPT_PER_ROUND]);
+            ended.extend_from_slice(&ids[KEPT_PER_ROUND..]);
+        }
+        (ended, held)
+    });
+    // Ids of the same slot share their first 32 bits: some later reservation took the slot
+    // of an ended one (by chance, two of these 300 ids would share them with odds ~1e-5).
+    let first_bits = |id: &uuid::Uuid| id.as_bytes()[..4].to_vec();
+    let reused: Vec<_> = held
+        .iter()
+        .chain(&ended)
+        .filter(|id| {
+            let same = |other: &&uuid::Uuid| other != id && first_bits(other) == first_bits(id);
+            ended.iter().any(|e| same(&e))
+        })
+        .collect();
+    assert!(
+        !reused.is_empty(),
+        "no slot was reused: the test tests nothing"
+    );
+    let all: std::collections::HashSet<_> = held.iter().chain(&ended).collect();
+    assert_eq!(all.len(), ROUNDS * PER_ROUND, "ids are distinct");
+
+    let check = |rt: &tokio::runtime::Runtime, engine: &Engine| {
+        rt.block_on(async {
+            for id in &ended {
+                let r = engine.cancel("t", *id, Cancel::default()).await.unwrap();
+                assert_eq!((r.id, r.status), (*id, "cancelled"));
+            }
+            for id in &held {
+                let r = engine.reservation(id).unwrap();
+                assert_eq!((r.id, r.status), (*id, "active"));
+            }
+        });
+        let p = engine.product("S").unwrap();
+        assert_eq!(p.reserved, held.len() as u64);
+        engine.check_invariants().unwrap();
+    };
+    check(&rt, &engine);
+    drop(engine);
+    drop(rt);
+
+    let (rt, engine) = open(&config, clock);
+    check(&rt, &engine);
+    rt.block_on(async {
+        // New holds on the restarted engine, beside those it found.
+        let mut after = Vec::new();
+        for _ in 0..PER_ROUND {
+            after.push(engine.reserve("t", reserve("S", 1, 3600)).await.unwrap().id);
+        }
+        for id in held.iter().chain(&after) {
+            let r = engine
+                .complete("t", *id, Complete::default())
+                .await
+                .unwrap();
+            assert_eq!((r.id, r.status), (*id, "completed"));
+        }
+        for id in &ended {
+            assert_eq!(engine.reservation(id).unwrap().status, "cancelled");
+        }
+    });
+    let p = engine.product("S").unwrap();
+    let sold = (held.len() + PER_ROUND) as u64;
+    assert_eq!((p.on_hand, p.reserved), (10_000 - sold, 0));
+    engine.check_invariants().unwrap();
+}

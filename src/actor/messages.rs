@@ -19,8 +19,9 @@ pub struct OpCtx {
 pub enum Answer {
     /// Done; the reply may go out once this LSN is durable.
     Durable(Lsn),
-    /// A reservation was logged at `lsn`, created at `at_ms`, expiring at `expires_at_ms`.
+    /// Reservation `id` was logged at `lsn`, created at `at_ms`, expiring at `expires_at_ms`.
     Reserved {
+        id: Uuid,
         lsn: Lsn,
         at_ms: i64,
         expires_at_ms: i64,
@@ -161,6 +162,11 @@ pub struct FinishMsg {
 #[derive(Debug)]
 pub enum FinishKind {
     Reserve {
+        /// The home actor makes the reservation's id from the operation id's random bits, so
+        /// that the id names the slot of its home (see `homes`). Only for an operation id
+        /// stockd drew itself, for a reservation of one item: a client's id is the client's,
+        /// and the other items' actors know a multi-item reservation by the operation id.
+        id_here: bool,
         ttl_ms: u64,
         session_id: Option<String>,
         user_id: Option<String>,

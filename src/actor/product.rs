@@ -816,11 +816,13 @@ impl ProductActor {
                 self.answer(m.reply, result);
             }
             FinishKind::Reserve {
+                id_here,
                 ttl_ms,
                 session_id,
                 user_id,
                 metadata,
             } => {
+                let id = if id_here { self.homes.new_id(id) } else { id };
                 let now_ms = self.shared.clock.now_ms();
                 let deadline = self.shared.clock.now() + Duration::from_millis(ttl_ms);
                 let items = HomeItems::new(&m.items, &self.sku);
@@ -848,6 +850,7 @@ impl ProductActor {
                     );
                     self.deadlines.insert((deadline, id));
                     Answer::Reserved {
+                        id,
                         lsn,
                         at_ms: now_ms,
                         expires_at_ms: now_ms + ttl_ms as i64,

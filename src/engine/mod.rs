@@ -832,7 +832,12 @@ impl Engine {
             actor: SmolStr::new(actor),
             fingerprint: fp,
         };
+        // One item and no operation id: a single message to one actor, nothing to clean up
+        // if the client goes away, so no task of its own is needed; and the home actor may
+        // make the reservation's id.
+        let simple = req.items.len() == 1 && req.id.is_none();
         let kind = FinishKind::Reserve {
+            id_here: simple,
             ttl_ms: req.ttl_seconds() * 1000,
             session_id: req.session_id.clone(),
             user_id: req.user_id.clone(),
@@ -845,6 +850,7 @@ impl Engine {
                 .admit(op, &items, kind, req.reference.clone())
                 .await?;
             let Answer::Reserved {
+                id,
                 lsn,
                 at_ms,
                 expires_at_ms,
@@ -856,7 +862,7 @@ impl Engine {
             // Built from what was logged: the same as the ledger answers a repeat with.
             let metadata = req.metadata.filter(|m| !m.is_null());
             Ok(ReservationView::created(
-                op_id,
+                id,
                 items,
                 at_ms,
                 expires_at_ms,
@@ -866,9 +872,7 @@ impl Engine {
                 metadata,
             ))
         };
-        // One item and no operation id: a single message to one actor, nothing to clean up
-        // if the client goes away, so no task of its own is needed.
-        if req.items.len() == 1 && req.id.is_none() {
+        if simple {
             work.await
         } else {
             Self::detached(work).await

@@ -16,14 +16,49 @@
 //! and the front chunk's entries already taken.
 
 use std::collections::{BTreeSet, VecDeque};
+use std::sync::OnceLock;
+use std::time::Duration;
 
 use tokio::time::Instant;
 use uuid::Uuid;
 
 /// A deadline and the reservation it ends.
-pub type Deadline = (Instant, Uuid);
+pub type Deadline = (Tick, Uuid);
 
-/// Entries per chunk of the queue (40 bytes each: ~40 KiB a chunk). The first chunk starts
+/// A point on the monotonic clock, in nanoseconds since a base read once per process: 8 bytes
+/// where an `Instant` takes 16. An active hold keeps its deadline twice (in its home and in
+/// this queue), and those are most of a hot product's memory per hold, each byte written into
+/// fresh memory. A point before the base (a hold that expired while stockd was down) counts
+/// as the base: due at once either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Tick(u64);
+
+/// The top bit of an [`Entry`]'s tick is its live flag; ticks stay below it (292 years).
+const LIVE: u64 = 1 << 63;
+
+impl Tick {
+    pub fn at(instant: Instant) -> Tick {
+        let nanos = instant.saturating_duration_since(base()).as_nanos();
+        Tick(u64::try_from(nanos).map_or(LIVE - 1, |n| n.min(LIVE - 1)))
+    }
+
+    pub fn instant(self) -> Instant {
+        base() + Duration::from_nanos(self.0)
+    }
+
+    /// This point plus `ms` milliseconds.
+    pub fn after_ms(self, ms: u64) -> Tick {
+        let nanos = ms.saturating_mul(1_000_000);
+        Tick(self.0.saturating_add(nanos).min(LIVE - 1))
+    }
+}
+
+fn base() -> Instant {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    *BASE.get_or_init(Instant::now)
+}
+
+/// Entries per chunk of the queue (24 bytes each: 24 KiB a chunk). The first chunk starts
 /// small and grows to this, so a product with one hold keeps one small vector; later ones are
 /// allocated whole. (Small in unit tests, so
 /// that they cross chunks and rebuild often.)
@@ -45,10 +80,36 @@ const KEPT_CHUNK_ENTRIES_MAX: usize = 16;
 #[cfg(test)]
 const KEPT_CHUNK_ENTRIES_MAX: usize = 4;
 
+/// A queued deadline: its tick with the live flag in the top bit, and its id (24 bytes, not
+/// the 32 a separate flag would take).
 #[derive(Debug, Clone, Copy)]
 struct Entry {
-    deadline: Deadline,
-    live: bool,
+    tick_live: u64,
+    id: Uuid,
+}
+
+const _: () = assert!(std::mem::size_of::<Entry>() == 24);
+
+impl Entry {
+    fn live(deadline: Deadline) -> Entry {
+        debug_assert!(deadline.0 .0 < LIVE, "ticks stay below the flag");
+        Entry {
+            tick_live: deadline.0 .0 | LIVE,
+            id: deadline.1,
+        }
+    }
+
+    fn deadline(&self) -> Deadline {
+        (Tick(self.tick_live & !LIVE), self.id)
+    }
+
+    fn is_live(&self) -> bool {
+        self.tick_live & LIVE != 0
+    }
+
+    fn kill(&mut self) {
+        self.tick_live &= !LIVE;
+    }
 }
 
 /// Invariants: the queue is strictly increasing across and within chunks; no chunk is empty
@@ -95,12 +156,12 @@ impl Deadlines {
 
     fn front(&self) -> Option<Deadline> {
         let entry = *self.chunks.front()?.get(self.head)?;
-        debug_assert!(entry.live, "the queue's front entry is live");
-        Some(entry.deadline)
+        debug_assert!(entry.is_live(), "the queue's front entry is live");
+        Some(entry.deadline())
     }
 
     fn back(&self) -> Option<Deadline> {
-        self.chunks.back()?.last().map(|e| e.deadline)
+        self.chunks.back()?.last().map(Entry::deadline)
     }
 
     /// Adds a deadline that is not already here.
@@ -111,10 +172,7 @@ impl Deadlines {
             return;
         }
         debug_assert!(!self.others.contains(&deadline), "deadline inserted twice");
-        let entry = Entry {
-            deadline,
-            live: true,
-        };
+        let entry = Entry::live(deadline);
         match self.chunks.back_mut() {
             Some(chunk) if chunk.len() < CHUNK_ENTRIES => chunk.push(entry),
             _ => {
@@ -140,17 +198,17 @@ impl Deadlines {
         }
         let at = self
             .chunks
-            .partition_point(|c| c.last().is_some_and(|e| e.deadline < *deadline));
+            .partition_point(|c| c.last().is_some_and(|e| e.deadline() < *deadline));
         let Some(chunk) = self.chunks.get_mut(at) else {
             return false;
         };
-        let Ok(i) = chunk.binary_search_by(|e| e.deadline.cmp(deadline)) else {
+        let Ok(i) = chunk.binary_search_by(|e| e.deadline().cmp(deadline)) else {
             return false;
         };
-        if (at == 0 && i < self.head) || !chunk[i].live {
+        if (at == 0 && i < self.head) || !chunk[i].is_live() {
             return false;
         }
-        chunk[i].live = false;
+        chunk[i].kill();
         self.queued_live -= 1;
         self.queued_dead += 1;
         self.settle();
@@ -190,7 +248,7 @@ impl Deadlines {
                 }
                 self.chunks.pop_front();
                 self.head = 0;
-            } else if chunk[self.head].live {
+            } else if chunk[self.head].is_live() {
                 break;
             } else {
                 self.head += 1;
@@ -205,7 +263,7 @@ impl Deadlines {
             .iter()
             .enumerate()
             .flat_map(|(at, c)| &c[if at == 0 { self.head } else { 0 }..])
-            .filter(|e| e.live)
+            .filter(|e| e.is_live())
     }
 
     /// The queue again without its dead entries.
@@ -236,7 +294,7 @@ impl Deadlines {
     fn to_vec(&self) -> Vec<Deadline> {
         let mut out: Vec<Deadline> = self
             .queued()
-            .map(|e| e.deadline)
+            .map(Entry::deadline)
             .chain(self.others.iter().copied())
             .collect();
         out.sort_unstable();
@@ -283,7 +341,7 @@ mod tests {
                     Op::Insert(step) => {
                         // A clock that moves on: index n plus jitter, so most arrive in order.
                         let at = base + Duration::from_millis(n as u64 * 4 + u64::from(step));
-                        let d = (at, Uuid::from_u128(n as u128 + 1));
+                        let d = (Tick::at(at), Uuid::from_u128(n as u128 + 1));
                         deadlines.insert(d);
                         model.insert(d);
                     }
@@ -296,7 +354,7 @@ mod tests {
                         }
                     }
                     Op::RemoveAbsent(step) => {
-                        let d = (base + Duration::from_millis(u64::from(step)), Uuid::nil());
+                        let d = (Tick::at(base + Duration::from_millis(u64::from(step))), Uuid::nil());
                         prop_assert!(!deadlines.remove(&d));
                     }
                     Op::PopFirst => {
@@ -318,7 +376,12 @@ mod tests {
         let base = Instant::now();
         let mut deadlines = Deadlines::default();
         let all: Vec<Deadline> = (0..10_000u64)
-            .map(|n| (base + Duration::from_micros(n), Uuid::from_u128(n.into())))
+            .map(|n| {
+                (
+                    Tick::at(base + Duration::from_micros(n)),
+                    Uuid::from_u128(n.into()),
+                )
+            })
             .collect();
         for d in &all {
             deadlines.insert(*d);
@@ -348,7 +411,10 @@ mod tests {
 
     /// A deadline `ms` after `base`, for reservation number `ms`.
     fn at_ms(base: Instant, ms: u64) -> Deadline {
-        (base + Duration::from_millis(ms), Uuid::from_u128(ms.into()))
+        (
+            Tick::at(base + Duration::from_millis(ms)),
+            Uuid::from_u128(ms.into()),
+        )
     }
 
     /// Deadlines holding one, [`at_ms`] 0 of the base returned.
@@ -399,7 +465,12 @@ mod tests {
     #[test]
     fn revived_from_any_order() {
         let base = Instant::now();
-        let d = |ms: u64, id: u128| (base + Duration::from_millis(ms), Uuid::from_u128(id));
+        let d = |ms: u64, id: u128| {
+            (
+                Tick::at(base + Duration::from_millis(ms)),
+                Uuid::from_u128(id),
+            )
+        };
         let deadlines = Deadlines::from_unsorted([d(30, 1), d(10, 2), d(20, 3), d(10, 1)]);
         assert_eq!(
             deadlines.to_vec(),
@@ -407,5 +478,22 @@ mod tests {
         );
         assert!(deadlines.others.is_empty());
         assert_eq!(deadlines.first(), Some(d(10, 1)));
+    }
+
+    #[test]
+    fn ticks_keep_order_and_come_back_as_the_same_instant() {
+        let now = Instant::now();
+        let later = now + Duration::from_millis(1500);
+        assert!(Tick::at(now) < Tick::at(later));
+        assert_eq!(Tick::at(later).instant(), later);
+        assert_eq!(Tick::at(now).after_ms(1500), Tick::at(later));
+        // Before the base counts as the base: due at once.
+        if let Some(before) = base().checked_sub(Duration::from_secs(1)) {
+            assert_eq!(Tick::at(before), Tick(0));
+        }
+        assert!(
+            Tick(LIVE - 1).after_ms(u64::MAX).0 < LIVE,
+            "ticks stay below the flag"
+        );
     }
 }

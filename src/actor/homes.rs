@@ -28,7 +28,7 @@ use uuid::Uuid;
 use super::product::Home;
 use crate::memory::GrowingMap;
 
-/// Slots per chunk (64 bytes each: 64 KiB a chunk). The first chunk grows to this as
+/// Slots per chunk (56 bytes each: 56 KiB a chunk). The first chunk grows to this as
 /// needed; later ones are allocated whole. (Small in unit tests, so that they cross chunks.)
 #[cfg(not(test))]
 const CHUNK_SLOTS: usize = 1024;
@@ -49,7 +49,7 @@ struct Slot {
     home: Home,
 }
 
-const _: () = assert!(std::mem::size_of::<Option<Slot>>() == 64);
+const _: () = assert!(std::mem::size_of::<Option<Slot>>() == 56);
 
 /// Invariants: every id here is in exactly one occupied slot; `others` maps exactly the ids
 /// whose slot is not [`Homes::named_slot`]; every other slot below the end of the last chunk
@@ -282,7 +282,7 @@ mod tests {
         Home {
             items: HomeItems::Own(units),
             status: ReservationStatus::Active,
-            deadline: tokio::time::Instant::now(),
+            deadline: crate::actor::deadlines::Tick::at(tokio::time::Instant::now()),
             end_lsn: units,
             busy: false,
         }

@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::deadlines::Deadlines;
+use super::deadlines::{Deadlines, Tick};
 use super::homes::Homes;
 use super::messages::*;
 use super::registry::{Held, Passive};
@@ -50,7 +50,7 @@ pub struct Home {
     /// A live actor keeps one per active hold, so it is kept small ([`HomeItems`]).
     pub items: HomeItems,
     pub status: ReservationStatus,
-    pub deadline: Instant,
+    pub deadline: Tick,
     /// LSN of the record that ended it, so repeats answer only once that is durable.
     pub end_lsn: Lsn,
     /// An expired reservation being re-acquired by a completion.
@@ -73,7 +73,7 @@ impl Home {
         Home {
             items: HomeItems::new(&r.items(), sku),
             status: ReservationStatus::Active,
-            deadline: deadline_at(r.expires_at_ms, clock),
+            deadline: Tick::at(deadline_at(r.expires_at_ms, clock)),
             end_lsn: 0,
             busy: false,
         }
@@ -262,7 +262,7 @@ impl ProductActor {
                 }
             }
             // One timer for the earliest deadline, or for passivation when idle.
-            let deadline = self.deadlines.first().map(|(d, _)| d);
+            let deadline = self.deadlines.first().map(|(d, _)| d.instant());
             let idle_at = self
                 .shared
                 .passivate_after
@@ -349,7 +349,7 @@ impl ProductActor {
         }
         let passivated = if self.exists {
             // The earliest deadline of the active homes.
-            let alarm_at = self.deadlines.first().map(|(at, _)| at);
+            let alarm_at = self.deadlines.first().map(|(at, _)| at.instant());
             let held = (self.hold_count() > 0).then(|| {
                 let elsewhere = self.holds.iter().map(|(id, q)| (*id, *q));
                 Box::new(Held {
@@ -440,7 +440,7 @@ impl ProductActor {
             let home = Home {
                 items: HomeItems::new(&r.items(), &self.sku),
                 status: r.status,
-                deadline: self.shared.clock.now(),
+                deadline: Tick::at(self.shared.clock.now()),
                 end_lsn: 0,
                 busy: false,
             };
@@ -824,7 +824,7 @@ impl ProductActor {
             } => {
                 let id = if id_here { self.homes.new_id(id) } else { id };
                 let now_ms = self.shared.clock.now_ms();
-                let deadline = self.shared.clock.now() + Duration::from_millis(ttl_ms);
+                let deadline = Tick::at(self.shared.clock.now()).after_ms(ttl_ms);
                 let items = HomeItems::new(&m.items, &self.sku);
                 let event = Event::Reserved {
                     items: SmallVec::from_vec(m.items),
@@ -1127,7 +1127,7 @@ impl ProductActor {
             self.answer(m.reply, Err(refusal));
             return;
         }
-        let deadline = self.shared.clock.now() + Duration::from_millis(m.ttl_ms);
+        let deadline = Tick::at(self.shared.clock.now()).after_ms(m.ttl_ms);
         let now_ms = self.shared.clock.now_ms();
         let event = Event::Extended {
             reservation_id: m.id,
@@ -1188,7 +1188,7 @@ impl ProductActor {
 
     /// Releases every active hold homed here whose deadline has passed.
     fn expire_due(&mut self) {
-        let now = self.shared.clock.now();
+        let now = Tick::at(self.shared.clock.now());
         while let Some((deadline, id)) = self.deadlines.first() {
             if deadline > now {
                 break;
@@ -1210,7 +1210,7 @@ impl ProductActor {
                 Ok(_) => {}
                 Err(Refusal::Overloaded) => {
                     // The log queue is full: try again shortly rather than drop the expiry.
-                    let retry = now + Duration::from_millis(10);
+                    let retry = now.after_ms(10);
                     self.homes.get_mut(&id).expect("home").deadline = retry;
                     self.deadlines.insert((retry, id));
                     break;

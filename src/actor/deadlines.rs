@@ -30,7 +30,7 @@ pub type Deadline = (Tick, Uuid);
 /// this queue), and those are most of a hot product's memory per hold, each byte written into
 /// fresh memory. A point before the base (a hold that expired while stockd was down) counts
 /// as the base: due at once either way.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Tick(u64);
 
 /// The top bit of an [`Entry`]'s tick is its live flag; ticks stay below it (292 years).

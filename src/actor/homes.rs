@@ -97,11 +97,7 @@ impl Homes {
 
     pub fn get_mut(&mut self, id: &Uuid) -> Option<&mut Home> {
         let slot = self.find(id)?;
-        let (chunk, at) = position(slot);
-        let slot = self.chunks[chunk][at]
-            .as_mut()
-            .expect("a found slot is occupied");
-        Some(&mut slot.home)
+        Some(&mut self.occupied_mut(slot).home)
     }
 
     /// An id for the next home, made from `random` (a UUID v4): the next insert of it takes
@@ -124,21 +120,16 @@ impl Homes {
     /// Adds or replaces the home of `id`; the one it replaced, if any.
     pub fn insert(&mut self, id: Uuid, home: Home) -> Option<Home> {
         if let Some(slot) = self.find(&id) {
-            let (chunk, at) = position(slot);
-            let slot = self.chunks[chunk][at]
-                .as_mut()
-                .expect("a found slot is occupied");
-            return Some(std::mem::replace(&mut slot.home, home));
+            return Some(std::mem::replace(&mut self.occupied_mut(slot).home, home));
         }
         let slot = match self.free.pop() {
             Some(slot) => {
-                let (chunk, at) = position(slot);
-                let vacant = &mut self.chunks[chunk][at];
+                let vacant = self.entry_mut(slot);
                 debug_assert!(vacant.is_none(), "a free slot is vacant");
                 *vacant = Some(Slot { id, home });
                 slot
             }
-            None => Self::push(&mut self.chunks, Slot { id, home }),
+            None => self.push(Slot { id, home }),
         };
         if self.named_slot(&id) != slot {
             let before = self.others.insert(id, slot);
@@ -153,8 +144,8 @@ impl Homes {
         if self.named_slot(id) != slot {
             self.others.remove(id);
         }
-        let (chunk, at) = position(slot);
-        let taken = self.chunks[chunk][at]
+        let taken = self
+            .entry_mut(slot)
             .take()
             .expect("a found slot is occupied");
         self.len -= 1;
@@ -209,14 +200,14 @@ impl Homes {
     /// The slot the next insert takes (as [`Self::insert`] picks): the last freed, or a new
     /// one at the end.
     fn next_slot(&self) -> u32 {
-        match self.free.last() {
-            Some(&slot) => slot,
-            None => {
-                let full = self.chunks.len().saturating_sub(1) * CHUNK_SLOTS;
-                let last = self.chunks.last().map_or(0, Vec::len);
-                u32::try_from(full + last).expect("fewer than 2^32 homes at one product")
-            }
-        }
+        self.free.last().copied().unwrap_or_else(|| self.end_slot())
+    }
+
+    /// The slot after the last one held (free or not).
+    fn end_slot(&self) -> u32 {
+        let full = self.chunks.len().saturating_sub(1) * CHUNK_SLOTS;
+        let last = self.chunks.last().map_or(0, Vec::len);
+        u32::try_from(full + last).expect("fewer than 2^32 homes at one product")
     }
 
     fn occupied(&self, slot: u32) -> &Slot {
@@ -226,17 +217,33 @@ impl Homes {
             .expect("a found slot is occupied")
     }
 
+    fn occupied_mut(&mut self, slot: u32) -> &mut Slot {
+        self.entry_mut(slot)
+            .as_mut()
+            .expect("a found slot is occupied")
+    }
+
+    fn entry_mut(&mut self, slot: u32) -> &mut Option<Slot> {
+        let (chunk, at) = position(slot);
+        &mut self.chunks[chunk][at]
+    }
+
     /// A new slot at the end of the last chunk (or of a new one).
-    fn push(chunks: &mut Vec<Vec<Option<Slot>>>, slot: Slot) -> u32 {
-        if chunks.last().is_none_or(|c| c.len() == CHUNK_SLOTS) {
-            let capacity = if chunks.is_empty() { 0 } else { CHUNK_SLOTS };
-            chunks.push(Vec::with_capacity(capacity));
+    fn push(&mut self, slot: Slot) -> u32 {
+        let at = self.end_slot();
+        if self.chunks.last().is_none_or(|c| c.len() == CHUNK_SLOTS) {
+            let capacity = if self.chunks.is_empty() {
+                0
+            } else {
+                CHUNK_SLOTS
+            };
+            self.chunks.push(Vec::with_capacity(capacity));
         }
-        let full_chunks = chunks.len() - 1;
-        let chunk = chunks.last_mut().expect("pushed above");
-        let at = full_chunks * CHUNK_SLOTS + chunk.len();
-        chunk.push(Some(slot));
-        u32::try_from(at).expect("fewer than 2^32 homes at one product")
+        self.chunks
+            .last_mut()
+            .expect("pushed above")
+            .push(Some(slot));
+        at
     }
 
     /// Nothing is homed here any more: frees the chunks (all slots are vacant), keeping a

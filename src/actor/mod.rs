@@ -108,6 +108,15 @@ pub fn mailbox(shared: &Arc<Shared>, sku: &str) -> Option<mpsc::Sender<Msg>> {
     shared.registry.get(sku, &spawn_for(shared))
 }
 
+/// Sends to `sku`'s actor at once (see [`Registry::try_send`]); `None` if no such product.
+pub fn try_send(
+    shared: &Arc<Shared>,
+    sku: &str,
+    msg: Msg,
+) -> Option<Result<(), mpsc::error::TrySendError<Msg>>> {
+    shared.registry.try_send(sku, msg, &spawn_for(shared))
+}
+
 /// The mailbox of `sku`'s actor, starting one for a product about to be created.
 pub fn mailbox_or_create(shared: &Arc<Shared>, sku: &Sku) -> mpsc::Sender<Msg> {
     shared.registry.get_or_create(sku, &spawn_for(shared))

@@ -91,6 +91,24 @@ impl Registry {
         }
     }
 
+    /// Hands `msg` to `sku`'s actor without waiting for mailbox space, reviving the product
+    /// if it is passive; `None` if there is no product. A live actor gets it through the
+    /// registry's own sender, under the entry's read lock: cloning and dropping the sender for
+    /// every request were four atomic read-modify-writes (`try_send` never waits or calls back).
+    pub fn try_send(
+        &self,
+        sku: &str,
+        msg: Msg,
+        spawn: Spawn<'_>,
+    ) -> Option<Result<(), mpsc::error::TrySendError<Msg>>> {
+        if let Some(slot) = self.slots.get(sku) {
+            if let Slot::Live { tx, .. } = slot.value() {
+                return Some(tx.try_send(msg));
+            }
+        }
+        Some(self.get(sku, spawn)?.try_send(msg))
+    }
+
     /// The mailbox of `sku`'s actor, starting a new (not yet existing) product's actor if none.
     pub fn get_or_create(&self, sku: &Sku, spawn: Spawn<'_>) -> mpsc::Sender<Msg> {
         if let Some(tx) = self.get(sku.as_str(), spawn) {

@@ -347,10 +347,10 @@ impl Engine {
         // A closed mailbox hands the message back: its actor passivated meanwhile, and the
         // next lookup revives the product. Bounded: an actor that just revived stays a while.
         for _ in 0..8 {
-            let Some(tx) = self.actor(sku.as_str()) else {
+            let Some(sent) = crate::actor::try_send(&self.inner.shared, sku.as_str(), msg) else {
                 return Err(Refusal::NotFound);
             };
-            match tx.try_send(msg) {
+            match sent {
                 Ok(()) => return Ok(rx),
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     self.inner.metrics.mailbox_rejections.inc();

@@ -46,6 +46,11 @@ impl Tick {
         base() + Duration::from_nanos(self.0)
     }
 
+    /// The next point on the clock, a nanosecond later.
+    pub fn next(self) -> Tick {
+        Tick((self.0 + 1).min(LIVE - 1))
+    }
+
     /// This point plus `ms` milliseconds.
     pub fn after_ms(self, ms: u64) -> Tick {
         let nanos = ms.saturating_mul(1_000_000);
@@ -482,6 +487,8 @@ mod tests {
 
     #[test]
     fn ticks_keep_order_and_come_back_as_the_same_instant() {
+        // The base is read at first use: before `now`, or `now` would count as the base.
+        let _ = base();
         let now = Instant::now();
         let later = now + Duration::from_millis(1500);
         assert!(Tick::at(now) < Tick::at(later));
@@ -495,5 +502,12 @@ mod tests {
             Tick(LIVE - 1).after_ms(u64::MAX).0 < LIVE,
             "ticks stay below the flag"
         );
+        // A run's successive deadlines: distinct, in order, a nanosecond apart.
+        assert!(Tick::at(now).next() > Tick::at(now));
+        assert_eq!(
+            Tick::at(now).next().instant(),
+            now + Duration::from_nanos(1)
+        );
+        assert!(Tick(LIVE - 1).next().0 < LIVE, "ticks stay below the flag");
     }
 }

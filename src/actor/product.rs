@@ -194,8 +194,19 @@ pub struct ProductActor {
     /// More messages were waiting when this one was taken: the actor keeps running, so it
     /// sees the durable LSN move without being woken, and holding replies costs no latency.
     backlog: bool,
+    /// The clocks as read once for the run of queued messages being handled (see `run`);
+    /// `None` between runs, when [`Self::now`] reads them afresh.
+    drain_now: Option<Now>,
     incarnation: u64,
     shared: Arc<Shared>,
+}
+
+/// Both clocks at one moment: what a change is stamped with (`ms`) and what its timers count
+/// from (`tick`).
+#[derive(Clone, Copy)]
+struct Now {
+    ms: i64,
+    tick: Tick,
 }
 
 enum Check {
@@ -234,6 +245,7 @@ pub fn spawn(sku: Sku, seed: Seed, shared: Arc<Shared>, incarnation: u64) -> mps
         alarm_at: seed.alarm_at,
         awaiting: VecDeque::new(),
         backlog: false,
+        drain_now: None,
         incarnation,
         shared,
     };
@@ -283,6 +295,14 @@ impl ProductActor {
                 msg = rx.recv() => match msg {
                     Some(msg) => {
                         last_activity = self.shared.clock.now();
+                        // One reading of the clocks for the whole run (at most
+                        // DRAIN_MESSAGES_MAX messages, tens of µs): two readings a reserve were
+                        // ~4% of a hot product's loop (perf). Every change in the run is stamped
+                        // as decided when the run began, its expiry counted from the same moment.
+                        self.drain_now = Some(Now {
+                            ms: self.shared.clock.now_ms(),
+                            tick: Tick::at(last_activity),
+                        });
                         self.backlog = !rx.is_empty();
                         self.handle(msg);
                         // Messages already queued are handled here, not one per pass of the
@@ -294,6 +314,7 @@ impl ProductActor {
                             self.backlog = !rx.is_empty();
                             self.handle(msg);
                         }
+                        self.drain_now = None;
                     }
                     None => break,
                 },
@@ -509,8 +530,26 @@ impl ProductActor {
         );
     }
 
+    /// The clocks: as read at the start of the run of messages being handled, if any. Each
+    /// use in a run moves the tick on by a nanosecond, so that the run's deadlines stay
+    /// distinct and in order: the deadline queue orders ties by id, and a hold that sorts
+    /// before the last one queued goes to its side tree (perf: from 0.2% to 3.5% of the loop).
+    fn now(&mut self) -> Now {
+        match self.drain_now.as_mut() {
+            Some(now) => {
+                let taken = *now;
+                now.tick = now.tick.next();
+                taken
+            }
+            None => Now {
+                ms: self.shared.clock.now_ms(),
+                tick: Tick::at(self.shared.clock.now()),
+            },
+        }
+    }
+
     fn append(&mut self, op_id: Uuid, actor: SmolStr, event: Event) -> Result<Lsn, Refusal> {
-        let at_ms = self.shared.clock.now_ms();
+        let at_ms = self.now().ms;
         self.append_at(op_id, actor, at_ms, event)
     }
 
@@ -823,8 +862,8 @@ impl ProductActor {
                 metadata,
             } => {
                 let id = if id_here { self.homes.new_id(id) } else { id };
-                let now_ms = self.shared.clock.now_ms();
-                let deadline = Tick::at(self.shared.clock.now()).after_ms(ttl_ms);
+                let Now { ms: now_ms, tick } = self.now();
+                let deadline = tick.after_ms(ttl_ms);
                 let items = HomeItems::new(&m.items, &self.sku);
                 let event = Event::Reserved {
                     items: SmallVec::from_vec(m.items),
@@ -1127,8 +1166,8 @@ impl ProductActor {
             self.answer(m.reply, Err(refusal));
             return;
         }
-        let deadline = Tick::at(self.shared.clock.now()).after_ms(m.ttl_ms);
-        let now_ms = self.shared.clock.now_ms();
+        let Now { ms: now_ms, tick } = self.now();
+        let deadline = tick.after_ms(m.ttl_ms);
         let event = Event::Extended {
             reservation_id: m.id,
             expires_at_ms: now_ms + m.ttl_ms as i64,

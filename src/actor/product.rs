@@ -209,6 +209,16 @@ struct Now {
     tick: Tick,
 }
 
+impl Now {
+    /// Reads the wall clock to go with `at`, a reading of the monotonic one.
+    fn read(clock: &dyn crate::clock::Clock, at: Instant) -> Now {
+        Now {
+            ms: clock.now_ms(),
+            tick: Tick::at(at),
+        }
+    }
+}
+
 enum Check {
     Ok,
     /// Would fit once tentative holds settle.
@@ -299,10 +309,7 @@ impl ProductActor {
                         // DRAIN_MESSAGES_MAX messages, tens of µs): two readings a reserve were
                         // ~4% of a hot product's loop (perf). Every change in the run is stamped
                         // as decided when the run began, its expiry counted from the same moment.
-                        self.drain_now = Some(Now {
-                            ms: self.shared.clock.now_ms(),
-                            tick: Tick::at(last_activity),
-                        });
+                        self.drain_now = Some(Now::read(&*self.shared.clock, last_activity));
                         self.backlog = !rx.is_empty();
                         self.handle(msg);
                         // Messages already queued are handled here, not one per pass of the
@@ -541,10 +548,7 @@ impl ProductActor {
                 now.tick = now.tick.next();
                 taken
             }
-            None => Now {
-                ms: self.shared.clock.now_ms(),
-                tick: Tick::at(self.shared.clock.now()),
-            },
+            None => Now::read(&*self.shared.clock, self.shared.clock.now()),
         }
     }
 

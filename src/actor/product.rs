@@ -34,7 +34,8 @@ use super::messages::*;
 use super::registry::{Held, Passive};
 use super::{Shared, SYSTEM_ACTOR};
 use crate::domain::limits::{
-    DRAIN_MESSAGES_MAX, ON_HAND_MAX, PASSIVE_HOLDS_MAX, PRUNE_ENDED_PER_MESSAGE_MAX,
+    DRAIN_MESSAGES_MAX, DURABLE_REPLIES_PER_PASS_MAX, ON_HAND_MAX, PASSIVE_HOLDS_MAX,
+    PRUNE_ENDED_PER_MESSAGE_MAX,
 };
 use crate::domain::reservation::{
     decide_cancel, decide_complete, may_expire, CancelDecision, CompleteDecision,
@@ -273,7 +274,11 @@ impl ProductActor {
         // Resolves when the newest awaiting reply's LSN is durable (or the log failed).
         let mut durable_rx: Option<oneshot::Receiver<bool>> = None;
         loop {
-            self.send_durable();
+            if self.send_durable(DURABLE_REPLIES_PER_PASS_MAX) {
+                // More are durable: the callers just woken go first, and the requests they
+                // send are taken in before the rest are let go (DURABLE_REPLIES_PER_PASS_MAX).
+                tokio::task::yield_now().await;
+            }
             if durable_rx.is_none() {
                 if let Some(&(lsn, _, _)) = self.awaiting.back() {
                     match self.shared.log.durability().watch(lsn) {
@@ -333,7 +338,7 @@ impl ProductActor {
                 }, if durable_rx.is_some() => {
                     durable_rx = None;
                     if durable != Ok(true) {
-                        self.send_durable();
+                        self.send_durable(usize::MAX);
                         self.fail_awaiting();
                     }
                 }
@@ -366,7 +371,7 @@ impl ProductActor {
             return false;
         }
         let durable = self.shared.log.durability().durable_lsn();
-        self.send_durable();
+        self.send_durable(usize::MAX);
         let settled = self.last_lsn <= durable
             && self.awaiting.is_empty()
             && self.homes.values().all(|h| {
@@ -601,19 +606,26 @@ impl ProductActor {
         }
     }
 
-    /// Sends the awaiting replies whose LSN is durable now.
-    fn send_durable(&mut self) {
+    /// Sends up to `max` of the awaiting replies whose LSN is durable now, oldest first.
+    /// True if more of them are left.
+    fn send_durable(&mut self, max: usize) -> bool {
         if self.awaiting.is_empty() {
-            return;
+            return false;
         }
         let durable = self.shared.log.durability().durable_lsn();
+        let mut sent = 0;
         while let Some((lsn, _, _)) = self.awaiting.front() {
             if *lsn > durable {
-                break;
+                return false;
+            }
+            if sent == max {
+                return true;
             }
             let (_, reply, result) = self.awaiting.pop_front().expect("looked at above");
             let _ = reply.send(result);
+            sent += 1;
         }
+        false
     }
 
     /// The log failed for good: nothing awaiting will become durable.

@@ -45,5 +45,12 @@ pub const PRUNE_ENDED_PER_MESSAGE_MAX: usize = 1024;
 /// included. A pass also re-arms timers and sends replies held for durability; those wait at
 /// most this many messages.
 pub const DRAIN_MESSAGES_MAX: usize = 32;
+/// Replies held for durability that a product's actor sends in one pass before it lets the
+/// callers it woke run (it yields to the event loop). Sending a whole fsync's worth at once
+/// (up to a thousand) queued every caller ahead of the actor, so the next records reached the
+/// log writer only after all of them had run, and the writer and the loop took turns instead
+/// of overlapping. The same as [`DRAIN_MESSAGES_MAX`], so that a pass takes in about as many
+/// new requests as it lets go.
+pub const DURABLE_REPLIES_PER_PASS_MAX: usize = DRAIN_MESSAGES_MAX;
 /// Non-reservation operation ids are remembered at least this long for idempotency.
 pub const OPERATION_ID_RETENTION_MS: i64 = 24 * 3600 * 1000;

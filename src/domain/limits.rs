@@ -42,8 +42,9 @@ pub const PASSIVE_HOLDS_MAX: usize = 4096;
 /// shrinks by at least 1,023 a message.
 pub const PRUNE_ENDED_PER_MESSAGE_MAX: usize = 1024;
 /// Messages already queued that a product's actor handles in one pass of its loop, the first
-/// included. A pass also re-arms timers and sends replies held for durability; those wait at
-/// most this many messages.
+/// included. A pass also re-arms timers and sends replies held for durability (at most
+/// [`DURABLE_REPLIES_PER_PASS_MAX`] of them): timers wait at most this many messages, and a
+/// held reply that is durable at most this many per pass ahead of it.
 pub const DRAIN_MESSAGES_MAX: usize = 32;
 /// Replies held for durability that a product's actor sends in one pass before it lets the
 /// callers it woke run (it yields to the event loop). Sending a whole fsync's worth at once

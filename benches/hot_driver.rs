@@ -1,0 +1,203 @@
+//! The steady hot-SKU driver: durable reserves of one product through the engine, no HTTP,
+//! from a fixed set of callers, with the rate printed per window (not a criterion bench).
+//!
+//!   cargo bench --bench hot_driver -- [--reserves 2048000] [--callers 1024] [--rounds 3]
+//!
+//! Why beside criterion's `durable_reserve_hot_sku`: criterion's warm-up and samples leave the
+//! product with millions of holds and report one figure; this runs a fixed count from a fresh
+//! engine each round and prints every window, so a stall (a table doubling, a slow fsync) shows
+//! where it happened. Every reserve counts only once its record is fdatasynced. Bounded: at
+//! most 16,384,000 reserves, 4,096 callers and 9 rounds, and a round stops after 120 s.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use stockd::clock::SystemClock;
+use stockd::config::EngineConfig;
+use stockd::engine::requests::{PutProduct, Reserve};
+use stockd::engine::Engine;
+
+#[global_allocator]
+static ALLOCATOR: stockd::memory::Allocator = stockd::memory::Allocator;
+
+const RESERVES_MAX: u64 = 16_384_000;
+const CALLERS_MAX: usize = 4096;
+const ROUNDS_MAX: usize = 9;
+const ROUND_SECONDS_MAX: u64 = 120;
+const WINDOW_MS: u64 = 500;
+
+struct Args {
+    reserves: u64,
+    callers: usize,
+    rounds: usize,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        reserves: 2_048_000,
+        callers: 1024,
+        rounds: 1,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        // `cargo bench` passes --bench to every target; nothing else is ours to ignore.
+        if flag == "--bench" {
+            continue;
+        }
+        let value = it.next().ok_or(format!("{flag} needs a value"))?;
+        let number: u64 = value
+            .parse()
+            .map_err(|_| format!("{flag}: not a number: {value}"))?;
+        match flag.as_str() {
+            "--reserves" if (1..=RESERVES_MAX).contains(&number) => args.reserves = number,
+            "--callers" if (1..=CALLERS_MAX as u64).contains(&number) => {
+                args.callers = number as usize
+            }
+            "--rounds" if (1..=ROUNDS_MAX as u64).contains(&number) => {
+                args.rounds = number as usize
+            }
+            "--reserves" | "--callers" | "--rounds" => {
+                return Err(format!(
+                    "{flag} out of range (reserves 1..={RESERVES_MAX}, callers 1..={CALLERS_MAX}, \
+                     rounds 1..={ROUNDS_MAX})"
+                ))
+            }
+            _ => return Err(format!("unknown argument {flag}")),
+        }
+    }
+    Ok(args)
+}
+
+struct Round {
+    reserves: u64,
+    elapsed: Duration,
+    records_per_fsync: f64,
+    windows_per_s: Vec<f64>,
+}
+
+fn round(args: &Args) -> Round {
+    // The server's own runtime (one event loop on this machine), as `stockd serve` has it.
+    let (runtime, _, _) = stockd::server::runtime(0).expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = EngineConfig {
+        data_dir: dir.path().join("data"),
+        ..EngineConfig::default()
+    };
+    runtime.block_on(async {
+        let (engine, _) = Engine::open(&config, Arc::new(SystemClock), Box::new(|m| panic!("{m}")))
+            .await
+            .expect("open");
+        let product = PutProduct {
+            on_hand: Some(1_000_000_000_000),
+            ..PutProduct::default()
+        };
+        engine
+            .put_product("bench", "HOT", product, None)
+            .await
+            .expect("product");
+        let (fsyncs_before, records_before) = engine.log_counters();
+
+        let done = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let per_caller = args.reserves.div_ceil(args.callers as u64);
+        let start = Instant::now();
+        let deadline = start + Duration::from_secs(ROUND_SECONDS_MAX);
+        let tasks: Vec<_> = (0..args.callers)
+            .map(|_| {
+                let (engine, done, stop) = (engine.clone(), done.clone(), stop.clone());
+                tokio::spawn(async move {
+                    for _ in 0..per_caller {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        engine
+                            .reserve("bench", Reserve::one("HOT", 1, 3600))
+                            .await
+                            .expect("reserve");
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+
+        // Sampled from a thread of its own: the event loop is the thing being measured.
+        let sampler = {
+            let (done, stop) = (done.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut windows = Vec::new();
+                let mut last = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(WINDOW_MS));
+                    let now = done.load(Ordering::Relaxed);
+                    windows.push((now - last) as f64 * 1000.0 / WINDOW_MS as f64);
+                    last = now;
+                    if Instant::now() >= deadline {
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                }
+                windows
+            })
+        };
+        for t in tasks {
+            t.await.expect("caller");
+        }
+        let elapsed = start.elapsed();
+        stop.store(true, Ordering::Relaxed);
+        let mut windows_per_s = sampler.join().expect("sampler");
+        // The last window is cut short by the end of the run.
+        windows_per_s.pop();
+        let (fsyncs, records) = engine.log_counters();
+        engine.close().await.expect("close");
+        Round {
+            reserves: done.load(Ordering::Relaxed),
+            elapsed,
+            records_per_fsync: (records - records_before) as f64
+                / (fsyncs - fsyncs_before).max(1) as f64,
+            windows_per_s,
+        }
+    })
+}
+
+fn main() {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("hot_driver: {e}");
+            std::process::exit(2);
+        }
+    };
+    stockd::memory::prefer_small_pages();
+    println!(
+        "hot_driver: {} reserves of one SKU, {} callers, {} round(s)",
+        args.reserves, args.callers, args.rounds
+    );
+    let mut rates = Vec::new();
+    for r in 1..=args.rounds {
+        let round = round(&args);
+        let rate = round.reserves as f64 / round.elapsed.as_secs_f64();
+        rates.push(rate);
+        let (low, high) = round
+            .windows_per_s
+            .iter()
+            .fold((f64::MAX, 0f64), |(lo, hi), w| (lo.min(*w), hi.max(*w)));
+        let windows = if round.windows_per_s.is_empty() {
+            "no full window".to_string()
+        } else {
+            format!(
+                "{WINDOW_MS} ms windows {:.0}k–{:.0}k/s",
+                low / 1e3,
+                high / 1e3
+            )
+        };
+        println!(
+            "round {r}: {} reserves in {:.2} s = {:.0} reserves/s, {:.1} records per fsync, {windows}",
+            round.reserves,
+            round.elapsed.as_secs_f64(),
+            rate,
+            round.records_per_fsync,
+        );
+    }
+    let mean = rates.iter().sum::<f64>() / rates.len() as f64;
+    println!("mean over {} round(s): {mean:.0} reserves/s", rates.len());
+}

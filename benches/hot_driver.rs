@@ -74,6 +74,8 @@ struct Round {
     elapsed: Duration,
     records_per_fsync: f64,
     windows_per_s: Vec<f64>,
+    /// The engine's `/metrics` text at the end of the round.
+    metrics: String,
 }
 
 fn round(args: &Args) -> Round {
@@ -148,6 +150,7 @@ fn round(args: &Args) -> Round {
         // The last window is cut short by the end of the run.
         windows_per_s.pop();
         let (fsyncs, records) = engine.log_counters();
+        let metrics = engine.metrics().encode();
         engine.close().await.expect("close");
         Round {
             reserves: done.load(Ordering::Relaxed),
@@ -155,8 +158,38 @@ fn round(args: &Args) -> Round {
             records_per_fsync: (records - records_before) as f64
                 / (fsyncs - fsyncs_before).max(1) as f64,
             windows_per_s,
+            metrics,
         }
     })
+}
+
+/// A histogram of the metrics text as the share of observations in each bucket that has
+/// any ("≤64: 12%"), so a round shows how its batches and fsyncs were spread, not a mean.
+fn shares(metrics: &str, histogram: &str, scale: f64, unit: &str) -> String {
+    let prefix = format!("{histogram}_bucket{{le=\"");
+    let cumulative: Vec<(String, f64)> = metrics
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(&prefix)?;
+            let (bound, count) = rest.split_once("\"} ")?;
+            let label = match bound.parse::<f64>() {
+                Ok(b) => format!("≤{}{unit}", b * scale),
+                Err(_) => format!(">{unit}"),
+            };
+            Some((label, count.trim().parse().ok()?))
+        })
+        .collect();
+    let total = cumulative.last().map_or(0.0, |(_, c)| *c);
+    let mut below = 0.0;
+    let mut parts = Vec::new();
+    for (label, count) in cumulative {
+        let share = (count - below) / total.max(1.0) * 100.0;
+        below = count;
+        if share >= 0.5 {
+            parts.push(format!("{label} {share:.0}%"));
+        }
+    }
+    parts.join(", ")
 }
 
 fn main() {
@@ -196,6 +229,14 @@ fn main() {
             round.elapsed.as_secs_f64(),
             rate,
             round.records_per_fsync,
+        );
+        println!(
+            "  records per fsync: {}",
+            shares(&round.metrics, "stockd_log_records_per_fsync", 1.0, "")
+        );
+        println!(
+            "  fsync: {}",
+            shares(&round.metrics, "stockd_log_fsync_seconds", 1e3, " ms")
         );
     }
     let mean = rates.iter().sum::<f64>() / rates.len() as f64;

@@ -7,6 +7,8 @@
 //! - record encode / decode (borrowed, as replay does, and owned)
 //! - replay of a 1,000,000-record log (records/s)
 
+mod common;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,7 +17,7 @@ use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use stockd::clock::SystemClock;
 use stockd::config::EngineConfig;
 use stockd::domain::{Item, Sku};
-use stockd::engine::requests::{Complete, PutProduct, Reserve};
+use stockd::engine::requests::{Complete, Reserve};
 use stockd::engine::Engine;
 use stockd::ledger::Ledger;
 use stockd::wal::frame::{encode_record, read_frame, Frame};
@@ -26,9 +28,6 @@ use stockd::wal::{Event, Record};
 use uuid::Uuid;
 
 const UNIFORM_SKUS: usize = 10_000;
-
-/// Product puts in flight at once while an engine is set up.
-const SETUP_PUTS_IN_FLIGHT_MAX: usize = 512;
 
 /// The server's allocator, so the figures are the server's.
 #[global_allocator]
@@ -61,28 +60,7 @@ fn engine_with(
         let (engine, _) = Engine::open(&config, Arc::new(SystemClock), Box::new(|m| panic!("{m}")))
             .await
             .expect("open");
-        // Many puts in flight, so that they share fsyncs: one at a time, 10,001 products took
-        // minutes on a machine whose fdatasync is ~0.5 ms.
-        let mut puts = tokio::task::JoinSet::new();
-        for sku in skus {
-            if puts.len() >= SETUP_PUTS_IN_FLIGHT_MAX {
-                puts.join_next().await.expect("a put").expect("put task");
-            }
-            let (engine, sku) = (engine.clone(), sku.clone());
-            puts.spawn(async move {
-                let product = PutProduct {
-                    on_hand: Some(1_000_000_000_000),
-                    ..PutProduct::default()
-                };
-                engine
-                    .put_product("bench", &sku, product, None)
-                    .await
-                    .expect("product");
-            });
-        }
-        while let Some(put) = puts.join_next().await {
-            put.expect("put task");
-        }
+        common::put_products(&engine, skus).await;
         engine
     })
 }

@@ -9,13 +9,15 @@
 //! where it happened. Every reserve counts only once its record is fdatasynced. Bounded: at
 //! most 16,384,000 reserves, 4,096 callers and 9 rounds, and a round stops after 120 s.
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use stockd::clock::SystemClock;
 use stockd::config::EngineConfig;
-use stockd::engine::requests::{PutProduct, Reserve};
+use stockd::engine::requests::Reserve;
 use stockd::engine::Engine;
 
 #[global_allocator]
@@ -90,14 +92,7 @@ fn round(args: &Args) -> Round {
         let (engine, _) = Engine::open(&config, Arc::new(SystemClock), Box::new(|m| panic!("{m}")))
             .await
             .expect("open");
-        let product = PutProduct {
-            on_hand: Some(1_000_000_000_000),
-            ..PutProduct::default()
-        };
-        engine
-            .put_product("bench", "HOT", product, None)
-            .await
-            .expect("product");
+        common::put_products(&engine, &["HOT".to_string()]).await;
         let (fsyncs_before, records_before) = engine.log_counters();
 
         let done = Arc::new(AtomicU64::new(0));

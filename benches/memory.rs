@@ -6,6 +6,8 @@
 //! then holds one unit of each (N active reservations, one hour each) and reports again,
 //! with every actor live and once the products passivated (holds and all).
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -18,13 +20,7 @@ use stockd::engine::Engine;
 static ALLOCATOR: stockd::memory::Allocator = stockd::memory::Allocator;
 
 fn rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0.0);
-    kib / 1024.0
+    common::status_mib(None, "VmRSS")
 }
 
 /// Runs `n` operations with 1,024 concurrent callers.

@@ -1390,6 +1390,39 @@ mod tests {
         id
     }
 
+    /// Token names are stored once and entries keep an index: runs of one name and switches
+    /// between names must each read back as the record's own.
+    #[test]
+    fn each_history_entry_names_its_own_records_token() {
+        let mut ledger = Ledger::new();
+        create(&mut ledger, "TOKENS-1");
+        let names = ["shop", "shop", "admin", "shop", "ops", "ops", "admin"];
+        for name in names {
+            let n = ledger.records();
+            let mut restock = record(
+                n,
+                Uuid::new_v4(),
+                Event::Restocked {
+                    sku: Sku::parse("TOKENS-1").expect("valid"),
+                    quantity: 1,
+                    reference: None,
+                    note: None,
+                    fingerprint: 0,
+                },
+            );
+            restock.actor = name.into();
+            ledger.apply(&restock).expect("applies");
+        }
+        let (entries, _) = ledger
+            .history("TOKENS-1", None, None, 100)
+            .expect("the product");
+        // Newest first; the oldest entry is the product's creation by "anonymous".
+        let read: Vec<&str> = entries.iter().rev().map(|e| e.actor.as_str()).collect();
+        let mut expected = vec!["anonymous"];
+        expected.extend(names);
+        assert_eq!(read, expected);
+    }
+
     /// A product the log writer creates shares the record's SKU string (and so the actor's)
     /// instead of keeping a copy; one replayed has its own.
     #[test]

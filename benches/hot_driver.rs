@@ -24,51 +24,29 @@ use stockd::engine::Engine;
 static ALLOCATOR: stockd::memory::Allocator = stockd::memory::Allocator;
 
 const RESERVES_MAX: u64 = 16_384_000;
-const CALLERS_MAX: usize = 4096;
-const ROUNDS_MAX: usize = 9;
+const CALLERS_MAX: u16 = 4096;
+const ROUNDS_MAX: u8 = 9;
 const ROUND_SECONDS_MAX: u64 = 120;
 const WINDOW_MS: u64 = 500;
 
+/// Reserves of one SKU from a fixed set of callers, from a fresh engine each round.
+#[derive(clap::Parser)]
 struct Args {
+    /// Durable reserves a round.
+    #[arg(long, default_value_t = 2_048_000,
+          value_parser = clap::value_parser!(u64).range(1..=RESERVES_MAX))]
     reserves: u64,
-    callers: usize,
-    rounds: usize,
-}
-
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        reserves: 2_048_000,
-        callers: 1024,
-        rounds: 1,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        // `cargo bench` passes --bench to every target; nothing else is ours to ignore.
-        if flag == "--bench" {
-            continue;
-        }
-        let value = it.next().ok_or(format!("{flag} needs a value"))?;
-        let number: u64 = value
-            .parse()
-            .map_err(|_| format!("{flag}: not a number: {value}"))?;
-        match flag.as_str() {
-            "--reserves" if (1..=RESERVES_MAX).contains(&number) => args.reserves = number,
-            "--callers" if (1..=CALLERS_MAX as u64).contains(&number) => {
-                args.callers = number as usize
-            }
-            "--rounds" if (1..=ROUNDS_MAX as u64).contains(&number) => {
-                args.rounds = number as usize
-            }
-            "--reserves" | "--callers" | "--rounds" => {
-                return Err(format!(
-                    "{flag} out of range (reserves 1..={RESERVES_MAX}, callers 1..={CALLERS_MAX}, \
-                     rounds 1..={ROUNDS_MAX})"
-                ))
-            }
-            _ => return Err(format!("unknown argument {flag}")),
-        }
-    }
-    Ok(args)
+    /// Concurrent callers (tokio tasks on the server's runtime).
+    #[arg(long, default_value_t = 1024,
+          value_parser = clap::value_parser!(u16).range(1..=CALLERS_MAX as i64))]
+    callers: u16,
+    /// Rounds, each on a fresh engine.
+    #[arg(long, default_value_t = 1,
+          value_parser = clap::value_parser!(u8).range(1..=ROUNDS_MAX as i64))]
+    rounds: u8,
+    /// Passed by `cargo bench` to every target.
+    #[arg(long, hide = true)]
+    bench: bool,
 }
 
 struct Round {
@@ -188,13 +166,7 @@ fn shares(metrics: &str, histogram: &str, scale: f64, unit: &str) -> String {
 }
 
 fn main() {
-    let args = match parse_args() {
-        Ok(args) => args,
-        Err(e) => {
-            eprintln!("hot_driver: {e}");
-            std::process::exit(2);
-        }
-    };
+    let args = <Args as clap::Parser>::parse();
     stockd::memory::prefer_small_pages();
     println!(
         "hot_driver: {} reserves of one SKU, {} callers, {} round(s)",

@@ -35,55 +35,29 @@ static ALLOCATOR: stockd::memory::Allocator = stockd::memory::Allocator;
 
 const STOCKD: &str = env!("CARGO_BIN_EXE_stockd");
 const RECORDS_MAX: u64 = 20_000_000;
-const LAUNCHES_MAX: usize = 9;
+const LAUNCHES_MAX: u8 = 9;
 const SKUS: usize = 1000;
 const CALLERS: usize = 1024;
 const WRITE_SECONDS_MAX: u64 = 300;
 const LAUNCH_SECONDS_MAX: u64 = 60;
 
+/// A log written through the engine, then launches of the server on it, timed.
+#[derive(clap::Parser)]
 struct Args {
+    /// Records to write (about: flows are two records each).
+    #[arg(long, default_value_t = 10_000_000,
+          value_parser = clap::value_parser!(u64).range(SKUS as u64 + 2..=RECORDS_MAX))]
     records: u64,
-    launches: usize,
+    /// Launches of the server on the log.
+    #[arg(long, default_value_t = 5,
+          value_parser = clap::value_parser!(u8).range(1..=LAUNCHES_MAX as i64))]
+    launches: u8,
+    /// Write the log here and keep it; a directory with a log already is launched on as is.
+    #[arg(long)]
     data_dir: Option<std::path::PathBuf>,
-}
-
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        records: 10_000_000,
-        launches: 5,
-        data_dir: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        // `cargo bench` passes --bench to every target.
-        if flag == "--bench" {
-            continue;
-        }
-        let value = it.next().ok_or(format!("{flag} needs a value"))?;
-        if flag == "--data-dir" {
-            args.data_dir = Some(value.into());
-            continue;
-        }
-        let number: u64 = value
-            .parse()
-            .map_err(|_| format!("{flag}: not a number: {value}"))?;
-        match flag.as_str() {
-            "--records" if (SKUS as u64 + 2..=RECORDS_MAX).contains(&number) => {
-                args.records = number
-            }
-            "--launches" if (1..=LAUNCHES_MAX as u64).contains(&number) => {
-                args.launches = number as usize
-            }
-            "--records" | "--launches" => {
-                return Err(format!(
-                    "{flag} out of range (records {}..={RECORDS_MAX}, launches 1..={LAUNCHES_MAX})",
-                    SKUS + 2
-                ))
-            }
-            _ => return Err(format!("unknown argument {flag}")),
-        }
-    }
-    Ok(args)
+    /// Passed by `cargo bench` to every target.
+    #[arg(long, hide = true)]
+    bench: bool,
 }
 
 /// Writes about `records` records into `data_dir` through the engine; returns how many.
@@ -251,13 +225,7 @@ fn verified_records(data_dir: &Path) -> u64 {
 }
 
 fn main() {
-    let args = match parse_args() {
-        Ok(args) => args,
-        Err(e) => {
-            eprintln!("restart: {e}");
-            std::process::exit(2);
-        }
-    };
+    let args = <Args as clap::Parser>::parse();
     stockd::memory::prefer_small_pages();
     let dir = tempfile::tempdir().expect("tempdir");
     let data_dir = args.data_dir.clone().unwrap_or(dir.path().join("data"));

@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
-use stockd::clock::SystemClock;
 use stockd::config::EngineConfig;
 use stockd::domain::{Item, Sku};
 use stockd::engine::requests::{Complete, Reserve};
@@ -57,9 +56,7 @@ fn engine_with(
         ..EngineConfig::default()
     };
     runtime.block_on(async {
-        let (engine, _) = Engine::open(&config, Arc::new(SystemClock), Box::new(|m| panic!("{m}")))
-            .await
-            .expect("open");
+        let engine = common::open_engine(&config).await;
         common::put_products(&engine, skus).await;
         engine
     })

@@ -15,10 +15,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use stockd::clock::SystemClock;
 use stockd::config::EngineConfig;
 use stockd::engine::requests::Reserve;
-use stockd::engine::Engine;
 
 #[global_allocator]
 static ALLOCATOR: stockd::memory::Allocator = stockd::memory::Allocator;
@@ -67,9 +65,7 @@ fn round(args: &Args) -> Round {
         ..EngineConfig::default()
     };
     runtime.block_on(async {
-        let (engine, _) = Engine::open(&config, Arc::new(SystemClock), Box::new(|m| panic!("{m}")))
-            .await
-            .expect("open");
+        let engine = common::open_engine(&config).await;
         common::put_products(&engine, &["HOT".to_string()]).await;
         let (fsyncs_before, records_before) = engine.log_counters();
 

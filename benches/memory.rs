@@ -8,10 +8,8 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Instant;
 
-use stockd::clock::SystemClock;
 use stockd::config::EngineConfig;
 use stockd::engine::requests::{PutProduct, Reserve};
 use stockd::engine::Engine;
@@ -84,9 +82,7 @@ fn main() {
         ..EngineConfig::default()
     };
     runtime.block_on(async {
-        let (engine, _) = Engine::open(&config, Arc::new(SystemClock), Box::new(|m| panic!("{m}")))
-            .await
-            .expect("open");
+        let engine = common::open_engine(&config).await;
         let base = rss_mib();
         let started = Instant::now();
         let e = engine.clone();

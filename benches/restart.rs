@@ -25,10 +25,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use stockd::clock::SystemClock;
 use stockd::config::EngineConfig;
 use stockd::engine::requests::{Complete, Reserve};
-use stockd::engine::Engine;
 
 #[global_allocator]
 static ALLOCATOR: stockd::memory::Allocator = stockd::memory::Allocator;
@@ -68,9 +66,7 @@ fn write_log(data_dir: &Path, records: u64) -> u64 {
         ..EngineConfig::default()
     };
     runtime.block_on(async {
-        let (engine, _) = Engine::open(&config, Arc::new(SystemClock), Box::new(|m| panic!("{m}")))
-            .await
-            .expect("open");
+        let engine = common::open_engine(&config).await;
         let skus: Arc<Vec<String>> = Arc::new((0..SKUS).map(|i| format!("SKU-{i:05}")).collect());
         common::put_products(&engine, &skus).await;
         // Each flow is two records: the reserve and its completion.

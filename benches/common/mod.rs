@@ -1,11 +1,24 @@
 //! Helpers shared by the bench targets (each includes this module; not all use every item).
 #![allow(dead_code)]
 
+use std::sync::Arc;
+
+use stockd::clock::SystemClock;
+use stockd::config::EngineConfig;
 use stockd::engine::requests::PutProduct;
 use stockd::engine::Engine;
 
 /// Product puts in flight at once while an engine is set up.
 const SETUP_PUTS_IN_FLIGHT_MAX: usize = 512;
+
+/// Opens an engine on the system clock; a fatal log failure panics (a bench has no supervisor
+/// to restart it, and its figures would mean nothing after one).
+pub async fn open_engine(config: &EngineConfig) -> Engine {
+    let (engine, _) = Engine::open(config, Arc::new(SystemClock), Box::new(|m| panic!("{m}")))
+        .await
+        .expect("open");
+    engine
+}
 
 /// Puts every SKU with ample stock, many at a time so that they share fsyncs: one at a time,
 /// 10,001 products took minutes on a machine whose fdatasync is ~0.5 ms.

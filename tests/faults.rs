@@ -397,6 +397,74 @@ fn nothing_undurable_is_shown_or_refused_against() {
     });
 }
 
+/// Read-your-writes across a large batch: a reservation is in the read model (the ledger)
+/// by the time its reply arrives. The log writer wakes a batch's replies before it applies
+/// the batch to the ledger, so that the callers' next requests overlap the apply; a read
+/// that starts after the reply must still wait for that apply. An fsync is held while
+/// hundreds of reserves queue, so that one large batch is applied while its callers read.
+#[test]
+fn an_acknowledged_reservation_is_readable_at_once() {
+    const QUEUE_RECORDS: usize = 1024;
+    const CALLERS: usize = QUEUE_RECORDS + 16;
+    let dir = tempfile::tempdir().unwrap();
+    let config = EngineConfig {
+        data_dir: dir.path().join("data"),
+        log_channel_capacity: QUEUE_RECORDS,
+        ..EngineConfig::default()
+    };
+    let faulty = Arc::new(Faulty::default());
+    let (rt, engine, _) = open_engine(&config, Some(&faulty));
+    rt.block_on(async {
+        put_f(&engine, CALLERS as u64 + 1).await;
+        faulty.hold_sync.hold();
+        let e = engine.clone();
+        let first = tokio::spawn(async move { e.reserve("t", reserve_one()).await });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let tasks: Vec<_> = (0..CALLERS)
+            .map(|_| {
+                let e = engine.clone();
+                tokio::spawn(async move {
+                    let r = e.reserve("t", reserve_one()).await?;
+                    Ok::<_, EngineError>(e.reservation(&r.id).map(|seen| seen.status))
+                })
+            })
+            .collect();
+        // The queue is full once refusals come (bounded wait): one batch waits.
+        for _ in 0..200 {
+            if engine.metrics().log_queue_rejections.get() > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        faulty.hold_sync.release();
+        assert!(first.await.unwrap().is_ok());
+        let (mut seen, mut unseen) = (0, 0);
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(Some(status)) => {
+                    assert_eq!(status, "active");
+                    seen += 1;
+                }
+                Ok(None) => unseen += 1,
+                Err(EngineError::Overloaded) => {}
+                Err(other) => panic!("unexpected refusal: {other:?}"),
+            }
+        }
+        assert_eq!(
+            unseen, 0,
+            "acknowledged, yet not in the ledger ({seen} were)"
+        );
+        assert!(seen >= QUEUE_RECORDS / 2, "only {seen} reserves got in");
+        let (fsyncs, records) = engine.log_counters();
+        // put, first, then the queued batch (a few more if refusals came early).
+        assert!(
+            fsyncs * 16 < records,
+            "{fsyncs} fsyncs for {records} records"
+        );
+        engine.check_invariants().unwrap();
+    });
+}
+
 /// The log's queue is bounded: while an fsync hangs, appends beyond `log_channel_capacity`
 /// are refused as overloaded (503), change nothing, and everything accepted is durable once
 /// the fsync returns, also after a restart.

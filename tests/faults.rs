@@ -397,6 +397,28 @@ fn nothing_undurable_is_shown_or_refused_against() {
     });
 }
 
+/// Holds the next fdatasync and starts a reserve whose batch then hangs in it.
+async fn first_reserve_held(
+    engine: &Engine,
+    faulty: &Faulty,
+) -> tokio::task::JoinHandle<Result<stockd::ledger::ReservationView, EngineError>> {
+    faulty.hold_sync.hold();
+    let e = engine.clone();
+    let first = tokio::spawn(async move { e.reserve("t", reserve_one()).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    first
+}
+
+/// Waits until the log's queue has refused `refusals` appends (bounded: 10 s).
+async fn until_refused(engine: &Engine, refusals: u64) {
+    for _ in 0..200 {
+        if engine.metrics().log_queue_rejections.get() >= refusals {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Read-your-writes across a large batch: a reservation is in the read model (the ledger)
 /// by the time its reply arrives. The log writer wakes a batch's replies before it applies
 /// the batch to the ledger, so that the callers' next requests overlap the apply; a read
@@ -416,10 +438,7 @@ fn an_acknowledged_reservation_is_readable_at_once() {
     let (rt, engine, _) = open_engine(&config, Some(&faulty));
     rt.block_on(async {
         put_f(&engine, CALLERS as u64 + 1).await;
-        faulty.hold_sync.hold();
-        let e = engine.clone();
-        let first = tokio::spawn(async move { e.reserve("t", reserve_one()).await });
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let first = first_reserve_held(&engine, &faulty).await;
         let tasks: Vec<_> = (0..CALLERS)
             .map(|_| {
                 let e = engine.clone();
@@ -429,13 +448,8 @@ fn an_acknowledged_reservation_is_readable_at_once() {
                 })
             })
             .collect();
-        // The queue is full once refusals come (bounded wait): one batch waits.
-        for _ in 0..200 {
-            if engine.metrics().log_queue_rejections.get() > 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        // The queue is full once refusals come: one batch waits.
+        until_refused(&engine, 1).await;
         faulty.hold_sync.release();
         assert!(first.await.unwrap().is_ok());
         let (mut seen, mut unseen) = (0, 0);
@@ -501,25 +515,16 @@ fn log_queue_holds_exactly(config: EngineConfig, queue_records: usize) {
     let (rt, engine, _) = open_engine(&config, Some(&faulty));
     let accepted: Vec<uuid::Uuid> = rt.block_on(async {
         put_f(&engine, 1000).await;
-        faulty.hold_sync.hold();
         // The first reserve's batch hangs in its fsync; then the queue fills.
-        let e = engine.clone();
-        let first = tokio::spawn(async move { e.reserve("t", reserve_one()).await });
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let first = first_reserve_held(&engine, &faulty).await;
         let tasks: Vec<_> = (0..CALLERS)
             .map(|_| {
                 let e = engine.clone();
                 tokio::spawn(async move { e.reserve("t", reserve_one()).await })
             })
             .collect();
-        // Every caller has been answered or is queued once the refusals add up (bounded wait).
-        let refusals = (CALLERS - queue_records) as u64;
-        for _ in 0..200 {
-            if engine.metrics().log_queue_rejections.get() >= refusals {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        // Every caller has been answered or is queued once the refusals add up.
+        until_refused(&engine, (CALLERS - queue_records) as u64).await;
         faulty.hold_sync.release();
         let mut accepted = vec![first.await.unwrap().expect("the first reserve").id];
         let mut overloaded = 0;

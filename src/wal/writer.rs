@@ -441,8 +441,8 @@ impl Writer {
                 {
                     // The replies go out before the batch is applied, so that the callers'
                     // next requests (on the event loop) overlap the apply (on this thread):
-                    // with 1,024 callers on one product, batches grew from ~350 to ~500
-                    // records and durable reserves/s by ~20%. Read-your-writes still holds:
+                    // with 1,024 callers on one product, batches grew from ~420 to ~480
+                    // records and durable reserves/s by ~5%. Read-your-writes still holds:
                     // the ledger is locked before the publish, so a read that starts after
                     // a reply waits for the apply.
                     let mut ledger = self.ledger.write();

@@ -1,9 +1,10 @@
 //! The ledger: the state implied by the durable log, applied record by record in log order.
 //!
-//! The log writer applies each batch here right after its fdatasync and before it wakes the
-//! waiting replies, and replay at start applies the same records through the same function.
-//! So every read (product, list, history, reservation, availability) shows durable state
-//! only (invariant 6), and the history chain after a restart is the one clients saw before
+//! The log writer applies each batch here right after its fdatasync, under a write lock it
+//! takes before it wakes the waiting replies (so a read that starts after a reply sees its
+//! change), and replay at start applies the same records through the same function. So
+//! every read (product, list, history, reservation, availability) shows durable state only
+//! (invariant 6), and the history chain after a restart is the one clients saw before
 //! (invariant 7). The actors hold the live, possibly not-yet-durable counts that decisions
 //! are made against; the ledger is what may be shown.
 

@@ -1,7 +1,7 @@
 //! The catalog as the log tells it: every product, found by SKU.
 //!
 //! Every record applied looks up one product per item, in replay and on the log writer's
-//! thread before it acknowledges. A `BTreeMap<Sku, Product>` made each lookup a dozen string
+//! thread after each fsync. A `BTreeMap<Sku, Product>` made each lookup a dozen string
 //! comparisons down the tree (~14% of replay's applying thread); here a hash lookup finds
 //! the product's slot in an [`Arena`], and a B-tree of slots keeps the SKU order that listing
 //! pages need. Products are never removed.

@@ -64,8 +64,12 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     let mut warned_at: Option<Instant> = None;
     let mut builder = http1::Builder::new();
+    // Each answer flattened into one buffer and sent with one `sendto`, not a `writev` of
+    // the head and the body: HTTP flash ~10% faster (7 alternating pairs, faster in 6),
+    // with the same one system call a request.
     builder
         .timer(TokioTimer::new())
+        .writev(false)
         .header_read_timeout(limits.header_read_timeout);
     loop {
         let accepted = tokio::select! {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use stockd::config::EngineConfig;
 use stockd::domain::{Item, Sku};
-use stockd::engine::requests::{Complete, Reserve};
+use stockd::engine::requests::Reserve;
 use stockd::engine::Engine;
 use stockd::ledger::Ledger;
 use stockd::wal::frame::{encode_record, read_frame, Frame};
@@ -163,15 +163,8 @@ fn durable_reserves(c: &mut Criterion) {
             run_callers(&rt, iters, 64, move |n| {
                 let (engine, uniform) = (engine.clone(), uniform.clone());
                 async move {
-                    let sku = uniform[(n as usize * 7919) % UNIFORM_SKUS].clone();
-                    let r = engine
-                        .reserve("bench", reserve(sku))
-                        .await
-                        .expect("reserve");
-                    engine
-                        .complete("bench", r.id, Complete::default())
-                        .await
-                        .expect("complete");
+                    let sku = &uniform[(n as usize * 7919) % UNIFORM_SKUS];
+                    common::checkout_flow(&engine, "bench", sku).await;
                 }
             })
         })

@@ -26,7 +26,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use stockd::config::EngineConfig;
-use stockd::engine::requests::{Complete, Reserve};
 
 #[global_allocator]
 static ALLOCATOR: stockd::memory::Allocator = stockd::memory::Allocator;
@@ -88,14 +87,7 @@ fn write_log(data_dir: &Path, records: u64) -> u64 {
                             stop.store(true, Ordering::Relaxed);
                         }
                         let sku = &skus[(n as usize * 7919) % SKUS];
-                        let held = engine
-                            .reserve("checkout", Reserve::one(sku, 1, 3600))
-                            .await
-                            .expect("reserve");
-                        engine
-                            .complete("checkout", held.id, Complete::default())
-                            .await
-                            .expect("complete");
+                        common::checkout_flow(&engine, "checkout", sku).await;
                     }
                 })
             })

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use stockd::clock::SystemClock;
 use stockd::config::EngineConfig;
-use stockd::engine::requests::PutProduct;
+use stockd::engine::requests::{Complete, PutProduct, Reserve};
 use stockd::engine::Engine;
 
 /// Product puts in flight at once while an engine is set up.
@@ -58,4 +58,16 @@ pub fn status_mib(pid: Option<u32>, field: &str) -> f64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0.0);
     kib / 1024.0
+}
+
+/// One checkout: holds 1 unit of `sku` for an hour, then completes the hold (two records).
+pub async fn checkout_flow(engine: &Engine, actor: &str, sku: &str) {
+    let held = engine
+        .reserve(actor, Reserve::one(sku, 1, 3600))
+        .await
+        .expect("reserve");
+    engine
+        .complete(actor, held.id, Complete::default())
+        .await
+        .expect("complete");
 }

@@ -328,13 +328,7 @@ impl Engine {
         sku: &Sku,
         make: impl FnOnce(Reply) -> Msg,
     ) -> impl std::future::Future<Output = Result<Answer, Refusal>> {
-        let sent = self.send(sku, make);
-        async move {
-            match sent {
-                Ok(rx) => rx.await.unwrap_or(Err(Refusal::Unavailable)),
-                Err(refusal) => Err(refusal),
-            }
-        }
+        answered(self.send(sku, make))
     }
 
     fn send(
@@ -852,13 +846,7 @@ impl Engine {
         };
         let kind = reserve_kind(req, true, metadata_text);
         let reference = req.reference.clone();
-        let sent = self.send(&items[0].sku, finish_msg(op, items, kind, reference));
-        async move {
-            match sent {
-                Ok(rx) => rx.await.unwrap_or(Err(Refusal::Unavailable)),
-                Err(refusal) => Err(refusal),
-            }
-        }
+        answered(self.send(&items[0].sku, finish_msg(op, items, kind, reference)))
     }
 
     /// Any reservation: several items, or a client's operation id (claimed, so that a retry
@@ -1289,5 +1277,15 @@ fn finish_msg(
             reference,
             reply,
         }))
+    }
+}
+
+/// The answer to a message [`Engine::send`] sent, or why it was not sent.
+async fn answered(
+    sent: Result<oneshot::Receiver<Result<Answer, Refusal>>, Refusal>,
+) -> Result<Answer, Refusal> {
+    match sent {
+        Ok(rx) => rx.await.unwrap_or(Err(Refusal::Unavailable)),
+        Err(refusal) => Err(refusal),
     }
 }

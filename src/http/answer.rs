@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use super::error::ApiError;
+use crate::ledger::ReservationView;
 
 /// Room for a reservation, a product or a sale without growing; pages grow as they need.
 const ANSWER_BYTES: usize = 512;
@@ -15,7 +16,20 @@ const ANSWER_BYTES: usize = 512;
 /// `value` as `application/json` with `status`.
 pub fn json(status: StatusCode, value: &impl Serialize) -> Response {
     let mut body = Vec::with_capacity(ANSWER_BYTES);
-    match serde_json::to_writer(&mut body, value) {
+    let written = serde_json::to_writer(&mut body, value);
+    answer(status, body, written)
+}
+
+/// A reservation as `application/json` with `status`: [`json`], by the view's own writer
+/// ([`ReservationView::write_json`] says why).
+pub fn reservation(status: StatusCode, view: &ReservationView) -> Response {
+    let mut body = Vec::with_capacity(ANSWER_BYTES);
+    let written = view.write_json(&mut body);
+    answer(status, body, written)
+}
+
+fn answer(status: StatusCode, body: Vec<u8>, written: serde_json::Result<()>) -> Response {
+    match written {
         Ok(()) => (
             status,
             [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],

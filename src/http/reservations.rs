@@ -5,7 +5,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::Extension;
 
-use super::answer::json;
+use super::answer::reservation as answer;
 use super::error::{ApiError, Problem};
 use super::extract::{parse_uuid, Json, OptionalJson, Path};
 use super::AppState;
@@ -28,7 +28,7 @@ pub async fn create(
     Json(body): Json<requests::Reserve>,
 ) -> Result<Response, ApiError> {
     let reservation = state.engine.reserve(&caller.name, body).await?;
-    let mut response = json(StatusCode::CREATED, &reservation);
+    let mut response = answer(StatusCode::CREATED, &reservation);
     let mut location = String::with_capacity(LOCATION_BYTES);
     location.push_str(LOCATION_PREFIX);
     location.push_str(
@@ -56,7 +56,7 @@ pub async fn get(
         .engine
         .reservation(&id)
         .ok_or_else(|| ApiError::not_found(format!("no reservation {id}")))?;
-    Ok(json(StatusCode::OK, &reservation))
+    Ok(answer(StatusCode::OK, &reservation))
 }
 
 /// Turn the hold into a sale (all of it, or the listed quantities).
@@ -73,7 +73,7 @@ pub async fn complete(
 ) -> Result<Response, ApiError> {
     let id = parse_uuid(&id)?;
     let reservation = state.engine.complete(&caller.name, id, body).await?;
-    Ok(json(StatusCode::OK, &reservation))
+    Ok(answer(StatusCode::OK, &reservation))
 }
 
 /// Release the hold.
@@ -90,7 +90,7 @@ pub async fn cancel(
 ) -> Result<Response, ApiError> {
     let id = parse_uuid(&id)?;
     let reservation = state.engine.cancel(&caller.name, id, body).await?;
-    Ok(json(StatusCode::OK, &reservation))
+    Ok(answer(StatusCode::OK, &reservation))
 }
 
 /// Move the expiry to now + ttl_seconds (while active).
@@ -107,5 +107,5 @@ pub async fn extend(
 ) -> Result<Response, ApiError> {
     let id = parse_uuid(&id)?;
     let reservation = state.engine.extend(&caller.name, id, body).await?;
-    Ok(json(StatusCode::OK, &reservation))
+    Ok(answer(StatusCode::OK, &reservation))
 }

@@ -81,6 +81,85 @@ mod tests {
     }
 }
 
+#[cfg(test)]
+mod reservation_json_tests {
+    use proptest::prelude::*;
+    use uuid::Uuid;
+
+    use super::{ReservationView, Timestamp};
+    use crate::domain::{Item, Sku};
+
+    /// Text a client may send: mostly plain, sometimes with quotes, backslashes, control
+    /// characters and non-ASCII, which serde_json escapes or passes through.
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[A-Za-z0-9 _.-]{0,24}",
+            any::<String>(),
+            "[\"\\\\\u{0}-\u{1f}\u{7f}é€😀a]{0,12}",
+        ]
+    }
+
+    fn items() -> impl Strategy<Value = Vec<Item>> {
+        prop::collection::vec(
+            ("[A-Za-z0-9._-]{1,64}", any::<u64>()).prop_map(|(sku, quantity)| Item {
+                sku: Sku::parse(&sku).expect("a valid SKU"),
+                quantity,
+            }),
+            0..4,
+        )
+    }
+
+    fn metadata() -> impl Strategy<Value = Option<serde_json::Value>> {
+        prop::option::of(prop_oneof![
+            text().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_map(serde_json::Value::from),
+            prop::collection::btree_map(text(), text(), 0..4).prop_map(|map| {
+                serde_json::Value::Object(
+                    map.into_iter()
+                        .map(|(k, v)| (k, serde_json::Value::from(v)))
+                        .collect(),
+                )
+            }),
+        ])
+    }
+
+    proptest! {
+        #[test]
+        fn the_hand_written_answer_is_serde_jsons(
+            id in any::<u128>(),
+            status in prop::sample::select(vec!["active", "completed", "released", "expired"]),
+            items in items(),
+            created_at_ms in any::<i64>(),
+            expires_at_ms in prop_oneof![any::<i64>(), 0i64..4_102_444_800_000],
+            session_id in prop::option::of(text()),
+            user_id in prop::option::of(text()),
+            reference in prop::option::of(text()),
+            metadata in metadata(),
+            sold_items in prop::option::of(items()),
+            reacquired in any::<bool>(),
+        ) {
+            let view = ReservationView {
+                id: Uuid::from_u128(id),
+                status,
+                items,
+                created_at: Timestamp(created_at_ms),
+                expires_at: Timestamp(expires_at_ms),
+                session_id,
+                user_id,
+                reference,
+                metadata,
+                sold_items,
+                reacquired,
+            };
+            let mut written = Vec::new();
+            view.write_json(&mut written).expect("written");
+            let serde = serde_json::to_vec(&view).expect("serialized");
+            prop_assert_eq!(String::from_utf8_lossy(&written), String::from_utf8_lossy(&serde));
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, PartialEq, ToSchema)]
 pub struct ProductView {
     pub sku: String,
@@ -138,6 +217,49 @@ pub struct ReservationView {
 }
 
 impl ReservationView {
+    /// The view as JSON, byte for byte what `serde_json::to_writer` writes for it (a test
+    /// holds the two equal), appended to `out`.
+    ///
+    /// Why by hand: this is the answer of every reserve, complete and cancel, and through
+    /// serde_json it cost ~3,100 instructions of a ~31,000-instruction HTTP reserve
+    /// (callgrind): serde_json scans every byte of every string for escapes, the eleven keys
+    /// included, one call per string. Here the keys, the id, the status and the timestamps,
+    /// which never need escaping, are copied as they are, and only the client's strings are
+    /// checked.
+    pub fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        let mut uuid_text = Uuid::encode_buffer();
+        out.extend_from_slice(b"{\"id\":\"");
+        out.extend_from_slice(self.id.hyphenated().encode_lower(&mut uuid_text).as_bytes());
+        out.extend_from_slice(b"\",\"status\":");
+        write_json_str(out, self.status)?;
+        out.extend_from_slice(b",\"items\":");
+        write_json_items(out, &self.items)?;
+        out.extend_from_slice(b",\"created_at\":");
+        write_json_time(out, self.created_at);
+        out.extend_from_slice(b",\"expires_at\":");
+        write_json_time(out, self.expires_at);
+        out.extend_from_slice(b",\"session_id\":");
+        write_json_opt_str(out, self.session_id.as_deref())?;
+        out.extend_from_slice(b",\"user_id\":");
+        write_json_opt_str(out, self.user_id.as_deref())?;
+        out.extend_from_slice(b",\"reference\":");
+        write_json_opt_str(out, self.reference.as_deref())?;
+        out.extend_from_slice(b",\"metadata\":");
+        match &self.metadata {
+            Some(metadata) => serde_json::to_writer(&mut *out, metadata)?,
+            None => out.extend_from_slice(b"null"),
+        }
+        if let Some(sold_items) = &self.sold_items {
+            out.extend_from_slice(b",\"sold_items\":");
+            write_json_items(out, sold_items)?;
+        }
+        if self.reacquired {
+            out.extend_from_slice(b",\"reacquired\":true");
+        }
+        out.push(b'}');
+        Ok(())
+    }
+
     /// A reservation as its creation answers it. The engine (live) and the ledger (repeats
     /// of the same operation id) both build it here, so both answers are the same.
     #[allow(clippy::too_many_arguments)]
@@ -165,6 +287,55 @@ impl ReservationView {
             reacquired: false,
         }
     }
+}
+
+/// `text` as a JSON string. serde_json escapes only `"`, `\\` and control characters, and
+/// passes everything else through as it is: a string with none of those is copied between
+/// quotes, and any other is left to serde_json, so the bytes are always serde_json's.
+fn write_json_str(out: &mut Vec<u8>, text: &str) -> serde_json::Result<()> {
+    if text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.reserve(text.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+        Ok(())
+    } else {
+        serde_json::to_writer(out, text)
+    }
+}
+
+fn write_json_opt_str(out: &mut Vec<u8>, text: Option<&str>) -> serde_json::Result<()> {
+    match text {
+        Some(text) => write_json_str(out, text),
+        None => {
+            out.extend_from_slice(b"null");
+            Ok(())
+        }
+    }
+}
+
+fn write_json_time(out: &mut Vec<u8>, at: Timestamp) {
+    with_rfc3339_ms(at.0, |text| {
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+    });
+}
+
+fn write_json_items(out: &mut Vec<u8>, items: &[Item]) -> serde_json::Result<()> {
+    out.push(b'[');
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"sku\":");
+        write_json_str(out, item.sku.as_str())?;
+        out.extend_from_slice(b",\"quantity\":");
+        out.extend_from_slice(itoa::Buffer::new().format(item.quantity).as_bytes());
+        out.push(b'}');
+    }
+    out.push(b']');
+    Ok(())
 }
 
 #[derive(Clone, Debug, Serialize, ToSchema)]

@@ -278,21 +278,9 @@ fn reservations_whose_slots_were_reused_each_answer_as_themselves() {
         }
         (ended, held)
     });
-    // Ids of the same slot share their first 32 bits: some later reservation took the slot
-    // of an ended one (by chance, two of these 300 ids would share them with odds ~1e-5).
-    let first_bits = |id: &uuid::Uuid| id.as_bytes()[..4].to_vec();
-    let reused: Vec<_> = held
-        .iter()
-        .chain(&ended)
-        .filter(|id| {
-            let same = |other: &&uuid::Uuid| other != id && first_bits(other) == first_bits(id);
-            ended.iter().any(|e| same(&e))
-        })
-        .collect();
-    assert!(
-        !reused.is_empty(),
-        "no slot was reused: the test tests nothing"
-    );
+    // The ids no longer show their slots (a keyed mask hides them), so that 200 of these
+    // 300 reservations took the slot of an ended one is checked where slots can be seen:
+    // `later_ids_take_the_slots_of_removed_ones` in src/actor/homes.rs, in this same pattern.
     let all: std::collections::HashSet<_> = held.iter().chain(&ended).collect();
     assert_eq!(all.len(), ROUNDS * PER_ROUND, "ids are distinct");
 

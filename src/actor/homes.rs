@@ -50,6 +50,13 @@ const KEPT_CHUNK_SLOTS_MAX: usize = 4;
 /// one already here (90 random bits), so a second try is as good as certain.
 const NEW_ID_TRIES_MAX: usize = 8;
 
+/// An id made by [`Homes::new_id`], with the slot it names (which costs a hash to find).
+#[derive(Clone, Copy, Debug)]
+pub struct NewId {
+    pub id: Uuid,
+    slot: u32,
+}
+
 #[derive(Debug)]
 struct Slot {
     id: Uuid,
@@ -108,19 +115,39 @@ impl Homes {
 
     /// An id for the next home, made from `random` (a UUID v4): the next insert of it takes
     /// the slot it names, so it is found without the map.
-    pub fn new_id(&self, random: Uuid) -> Uuid {
+    pub fn new_id(&self, random: Uuid) -> NewId {
         let slot = self.next_slot();
         let mut id = self.naming(random, slot);
         for _ in 1..NEW_ID_TRIES_MAX {
             // Only an id in the map can be equal: one in its own slot names another slot.
             if self.others.is_empty() || !self.others.contains_key(&id) {
-                return id;
+                return NewId { id, slot };
             }
             id = self.naming(Uuid::new_v4(), slot);
         }
         panic!(
             "{NEW_ID_TRIES_MAX} random ids in a row were taken already: the generator is broken"
         );
+    }
+
+    /// Adds the home of an id from [`Self::new_id`], straight into the slot it names when
+    /// nothing was inserted or removed since (as in a reserve), else as [`Self::insert`] does.
+    pub fn insert_new(&mut self, new: NewId, home: Home) {
+        if self.next_slot() != new.slot {
+            let before = self.insert(new.id, home);
+            assert!(before.is_none(), "a new id was already here");
+            return;
+        }
+        debug_assert_eq!(self.named_slot(&new.id), new.slot);
+        debug_assert!(self.find_named(&new.id, new.slot).is_none());
+        let slot = Slot { id: new.id, home };
+        match self.free.pop() {
+            Some(free) => *self.entry_mut(free) = Some(slot),
+            None => {
+                self.push(slot);
+            }
+        }
+        self.len += 1;
     }
 
     /// Adds or replaces the home of `id`; the one it replaced, if any.
@@ -342,8 +369,9 @@ mod tests {
     enum Op {
         /// A home for one of 32 ids chosen elsewhere (by a client, or before a restart).
         Insert(u8, u64),
-        /// A home for an id made here by [`Homes::new_id`].
-        InsertNew(u64),
+        /// A home for an id made here by [`Homes::new_id`], with the home of one of the 32
+        /// inserted between the two when there is one.
+        InsertNew(u64, Option<u8>),
         /// These pick among the 32 ids and those made here so far.
         Remove(usize),
         Update(usize, u64),
@@ -352,7 +380,7 @@ mod tests {
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
             2 => (any::<u8>(), any::<u64>()).prop_map(|(id, u)| Op::Insert(id % 32, u)),
-            2 => any::<u64>().prop_map(Op::InsertNew),
+            2 => (any::<u64>(), any::<Option<u8>>()).prop_map(|(u, between)| Op::InsertNew(u, between.map(|id| id % 32))),
             2 => any::<usize>().prop_map(Op::Remove),
             1 => (any::<usize>(), any::<u64>()).prop_map(|(id, u)| Op::Update(id, u)),
         ]
@@ -377,11 +405,19 @@ mod tests {
                         let before = homes.insert(id, home(units)).map(|h| h.end_lsn);
                         prop_assert_eq!(before, model.insert(id, units));
                     }
-                    Op::InsertNew(units) => {
-                        let id = homes.new_id(Uuid::from_u128(n as u128 + 1_000));
+                    Op::InsertNew(units, between) => {
+                        let new = homes.new_id(Uuid::from_u128(n as u128 + 1_000));
+                        let id = new.id;
                         prop_assert!(!model.contains_key(&id));
-                        prop_assert_eq!(homes.insert(id, home(units)).map(|h| h.end_lsn), None);
-                        prop_assert!(!homes.others.contains_key(&id), "a new id is in its slot");
+                        let mut moved = false;
+                        if let Some(other) = between {
+                            let other = ids[usize::from(other)];
+                            moved = homes.insert(other, home(units)).is_none();
+                            model.insert(other, units);
+                        }
+                        homes.insert_new(new, home(units));
+                        // Unless another home took its slot first, a new id is in its slot.
+                        prop_assert_eq!(homes.others.contains_key(&id), moved);
                         model.insert(id, units);
                         ids.push(id);
                     }
@@ -422,12 +458,12 @@ mod tests {
     fn a_new_id_is_a_v4_uuid_whose_first_bits_name_its_slot() {
         let mut homes = Homes::default();
         let random = Uuid::new_v4();
-        let id = homes.new_id(random);
+        let id = homes.new_id(random).id;
         assert_eq!(id.get_version_num(), 4);
         assert_eq!(id.as_bytes()[4..], random.as_bytes()[4..]);
         assert_eq!(homes.named_slot(&id), 0);
         homes.insert(id, home(1));
-        let second = homes.new_id(random);
+        let second = homes.new_id(random).id;
         assert_ne!(second, id);
         assert_eq!(homes.named_slot(&second), 1);
         assert!(homes.others.is_empty());
@@ -466,10 +502,10 @@ mod tests {
         for _ in 0..6 {
             let mut ids = Vec::new();
             for _ in 0..50 {
-                let id = homes.new_id(Uuid::new_v4());
-                let slot = homes.named_slot(&id);
+                let new = homes.new_id(Uuid::new_v4());
+                let (id, slot) = (new.id, homes.named_slot(&new.id));
                 reused += usize::from(freed.remove(&slot));
-                homes.insert(id, home(1));
+                homes.insert_new(new, home(1));
                 assert_eq!(homes.find(&id), Some(slot));
                 ids.push(id);
             }
@@ -491,7 +527,7 @@ mod tests {
         let taken = homes.naming(Uuid::from_u128(7), 1);
         homes.insert(taken, home(1));
         assert_eq!(homes.others.get(&taken), Some(&0));
-        let id = homes.new_id(Uuid::from_u128(7));
+        let id = homes.new_id(Uuid::from_u128(7)).id;
         assert_ne!(id, taken);
         assert_eq!(homes.named_slot(&id), 1);
     }

@@ -877,7 +877,8 @@ impl ProductActor {
                 user_id,
                 metadata,
             } => {
-                let id = if id_here { self.homes.new_id(id) } else { id };
+                let new = id_here.then(|| self.homes.new_id(id));
+                let id = new.map_or(id, |new| new.id);
                 let Now { ms: now_ms, tick } = self.now();
                 let deadline = tick.after_ms(ttl_ms);
                 let items = HomeItems::new(&m.items, &self.sku);
@@ -893,16 +894,19 @@ impl ProductActor {
                 let result = self.append_at(id, m.op.actor, now_ms, event).map(|lsn| {
                     self.reserved += own;
                     self.version += 1;
-                    self.homes.insert(
-                        id,
-                        Home {
-                            items,
-                            status: ReservationStatus::Active,
-                            deadline,
-                            end_lsn: 0,
-                            busy: false,
-                        },
-                    );
+                    let home = Home {
+                        items,
+                        status: ReservationStatus::Active,
+                        deadline,
+                        end_lsn: 0,
+                        busy: false,
+                    };
+                    match new {
+                        Some(new) => self.homes.insert_new(new, home),
+                        None => {
+                            self.homes.insert(id, home);
+                        }
+                    }
                     self.deadlines.insert((deadline, id));
                     Answer::Reserved {
                         id,

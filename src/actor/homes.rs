@@ -19,9 +19,12 @@
 //! Why the slot is masked by a keyed hash of the id's other bits: ids must not show how many
 //! holds a product has. A fixed key xored with the slot (as at first) hides one id's slot, but
 //! two ids of a product xored together give slot ^ slot, which tells roughly how many holds
-//! it had at once. The mask here is SipHash (std's `RandomState`, keyed per product) of the
-//! id's 96 other bits, which are random: a fresh mask per id, so ids say nothing about slots
-//! to anyone without the key. It costs one hash (~11 ns) per new id and per lookup.
+//! it had at once. The mask here is SipHash (std's `RandomState`: a key from the OS, one for
+//! the process) of a random salt drawn per product and the id's 96 other bits, which are
+//! random: a fresh mask per id, so ids say nothing about slots to anyone without the key.
+//! (One key and a salt, not a `RandomState` per product: std steps the key of each new one
+//! by one, and SipHash makes no promise for keys that are related.) It costs one hash
+//! (~12 ns) per new id and per lookup.
 //!
 //! A slot freed by a removal is reused by the next insert, so the chunks hold at most as many
 //! slots as there were homes at once. When the last home goes, the chunks go too, but for a
@@ -29,6 +32,7 @@
 
 use std::hash::{BuildHasher, RandomState};
 use std::ops::Index;
+use std::sync::LazyLock;
 
 use uuid::Uuid;
 
@@ -74,8 +78,8 @@ pub struct Homes {
     others: GrowingMap<Uuid, u32>,
     free: Vec<u32>,
     len: usize,
-    /// Keys the hash that masks the slot in an id's first 32 bits.
-    key: RandomState,
+    /// Hashed with the id in the mask of its first 32 bits (see [`MASK_KEY`]).
+    salt: u64,
 }
 
 impl Default for Homes {
@@ -85,7 +89,8 @@ impl Default for Homes {
             others: GrowingMap::default(),
             free: Vec::new(),
             len: 0,
-            key: RandomState::new(),
+            // uuid's generator is the one at hand (ChaCha, seeded from the OS).
+            salt: Uuid::new_v4().as_u64_pair().0,
         }
     }
 }
@@ -239,7 +244,7 @@ impl Homes {
     /// The mask of the first 32 bits of `id`: a keyed hash of its other bits.
     fn mask(&self, id: &Uuid) -> u32 {
         // The low half of the 64-bit hash; SipHash's bits are equally good anywhere.
-        self.key.hash_one(id.as_u128() & REST_MASK) as u32
+        MASK_KEY.hash_one((self.salt, id.as_u128() & REST_MASK)) as u32
     }
 
     /// The slot the next insert takes (as [`Self::insert`] picks): the last freed, or a new
@@ -316,6 +321,9 @@ impl Index<&Uuid> for Homes {
         self.get(id).expect("no home for this id")
     }
 }
+
+/// The key of every product's masks, drawn from the OS once.
+static MASK_KEY: LazyLock<RandomState> = LazyLock::new(RandomState::new);
 
 /// An id's bits after the 32 that name its slot.
 const REST_BITS: u32 = 96;
@@ -488,7 +496,7 @@ mod tests {
         // 100 random 32-bit values repeat with odds of about one in a million.
         assert!(of_slot_0.len() >= 99, "{} distinct", of_slot_0.len());
         assert!(xors.len() >= 99, "{} distinct", xors.len());
-        // The mask is keyed per product: the same random bits, another product, another id.
+        // The mask is salted per product: the same random bits, another product, another id.
         let random = Uuid::new_v4();
         assert_ne!(homes.naming(random, 0), Homes::default().naming(random, 0));
     }

@@ -145,14 +145,8 @@ impl Homes {
         }
         debug_assert_eq!(self.named_slot(&new.id), new.slot);
         debug_assert!(self.find_named(&new.id, new.slot).is_none());
-        let slot = Slot { id: new.id, home };
-        match self.free.pop() {
-            Some(free) => *self.entry_mut(free) = Some(slot),
-            None => {
-                self.push(slot);
-            }
-        }
-        self.len += 1;
+        let slot = self.place(Slot { id: new.id, home });
+        debug_assert_eq!(slot, new.slot);
     }
 
     /// Adds or replaces the home of `id`; the one it replaced, if any.
@@ -161,21 +155,27 @@ impl Homes {
         if let Some(slot) = self.find_named(&id, named) {
             return Some(std::mem::replace(&mut self.occupied_mut(slot).home, home));
         }
-        let slot = match self.free.pop() {
-            Some(slot) => {
-                let vacant = self.entry_mut(slot);
-                debug_assert!(vacant.is_none(), "a free slot is vacant");
-                *vacant = Some(Slot { id, home });
-                slot
-            }
-            None => self.push(Slot { id, home }),
-        };
+        let slot = self.place(Slot { id, home });
         if named != slot {
             let before = self.others.insert(id, slot);
             debug_assert!(before.is_none(), "an id not found is not in the map");
         }
-        self.len += 1;
         None
+    }
+
+    /// Puts a home not here yet into [`Self::next_slot`]; that slot.
+    fn place(&mut self, slot: Slot) -> u32 {
+        let at = match self.free.pop() {
+            Some(at) => {
+                let vacant = self.entry_mut(at);
+                debug_assert!(vacant.is_none(), "a free slot is vacant");
+                *vacant = Some(slot);
+                at
+            }
+            None => self.push(slot),
+        };
+        self.len += 1;
+        at
     }
 
     pub fn remove(&mut self, id: &Uuid) -> Option<Home> {
@@ -247,7 +247,7 @@ impl Homes {
         MASK_KEY.hash_one((self.salt, id.as_u128() & REST_MASK)) as u32
     }
 
-    /// The slot the next insert takes (as [`Self::insert`] picks): the last freed, or a new
+    /// The slot the next insert takes (as [`Self::place`] picks): the last freed, or a new
     /// one at the end.
     fn next_slot(&self) -> u32 {
         self.free.last().copied().unwrap_or_else(|| self.end_slot())

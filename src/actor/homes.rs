@@ -20,7 +20,7 @@
 //! holds a product has. A fixed key xored with the slot (as at first) hides one id's slot, but
 //! two ids of a product xored together give slot ^ slot, which tells roughly how many holds
 //! it had at once. The mask here is SipHash (std's `RandomState`: a key from the OS, one for
-//! the process) of a random salt drawn per product and the id's 96 other bits, which are
+//! the process) of a random salt drawn per product and the id's 96 other bits, 90 of them
 //! random: a fresh mask per id, so ids say nothing about slots to anyone without the key.
 //! (One key and a salt, not a `RandomState` per product: std steps the key of each new one
 //! by one, and SipHash makes no promise for keys that are related.) It costs one hash
